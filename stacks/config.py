@@ -1,0 +1,355 @@
+"""Validated configuration, built once at synth with no AWS call.
+
+- `ModelConfig`: one `model_config/<name>.yaml` per deployable model (DESIGN 3.5).
+- `DeploymentConfig`: account-level settings from cdk context (`cdk.json` or `-c key=value`).
+
+Every mistake raises `ConfigError` naming the file (or context key), the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stacks.instances import GPU_INSTANCES, GpuInstance
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_config"
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(Exception):
+    """A configuration mistake, phrased for the person who made it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TgiLimits(_Strict):
+    """Token limits passed to TGI (its launcher's env vars of the same names, upper-cased)."""
+
+    max_input_tokens: int = Field(gt=0)
+    max_total_tokens: int = Field(gt=0)
+    max_batch_prefill_tokens: int | None = Field(default=None, gt=0)
+    max_batch_total_tokens: int | None = Field(default=None, gt=0)
+    max_concurrent_requests: int = Field(default=128, gt=0)
+    quantize: Literal["awq", "gptq", "bitsandbytes", "bitsandbytes-nf4", "eetq", "fp8"] | None = (
+        None
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TgiLimits:
+        if self.max_input_tokens >= self.max_total_tokens:
+            raise ValueError(
+                f"max_input_tokens ({self.max_input_tokens}) must be less than "
+                f"max_total_tokens ({self.max_total_tokens}): the rest is room to generate"
+            )
+        if self.prefill_tokens < self.max_input_tokens:
+            raise ValueError(
+                f"max_batch_prefill_tokens ({self.prefill_tokens}) must be at least "
+                f"max_input_tokens ({self.max_input_tokens})"
+            )
+        if self.max_batch_total_tokens is not None and (
+            self.max_batch_total_tokens < self.max_total_tokens
+        ):
+            raise ValueError(
+                f"max_batch_total_tokens ({self.max_batch_total_tokens}) must be at least "
+                f"max_total_tokens ({self.max_total_tokens})"
+            )
+        return self
+
+    @property
+    def prefill_tokens(self) -> int:
+        return self.max_batch_prefill_tokens or self.max_input_tokens + 50
+
+
+class Generation(_Strict):
+    max_new_tokens: int = Field(default=512, gt=0)
+    max_new_tokens_limit: int = Field(default=1024, gt=0)
+    temperature: float = Field(default=0.01, ge=0, le=2)
+    top_p: float = Field(default=0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> Generation:
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(
+                f"max_new_tokens ({self.max_new_tokens}) must not exceed "
+                f"max_new_tokens_limit ({self.max_new_tokens_limit})"
+            )
+        return self
+
+
+class Scaling(_Strict):
+    """`always_on` keeps min_copies >= 1 warm; `scale_to_zero` releases the GPU when idle."""
+
+    mode: Literal["always_on", "scale_to_zero"] = "always_on"
+    min_copies: int | None = Field(default=None, ge=0)
+    max_copies: int = Field(default=1, ge=1, le=16)
+    target_concurrent_requests_per_copy: int = Field(default=4, ge=1, le=1000)
+    scale_out_cooldown_s: int = Field(default=120, ge=0, le=3600)
+    scale_in_cooldown_s: int = Field(default=600, ge=0, le=3600)
+    idle_minutes_before_zero: int = Field(default=30, ge=5, le=1440)
+
+    @model_validator(mode="after")
+    def _copies(self) -> Scaling:
+        low = self.effective_min_copies
+        if self.mode == "always_on" and low < 1:
+            raise ValueError("always_on needs min_copies >= 1 (use mode: scale_to_zero for 0)")
+        if self.mode == "scale_to_zero" and low != 0:
+            raise ValueError("scale_to_zero needs min_copies: 0 (or leave it out)")
+        if low > self.max_copies:
+            raise ValueError(f"min_copies ({low}) must not exceed max_copies ({self.max_copies})")
+        return self
+
+    @property
+    def effective_min_copies(self) -> int:
+        if self.min_copies is not None:
+            return self.min_copies
+        return 0 if self.mode == "scale_to_zero" else 1
+
+
+class ComputeShare(_Strict):
+    """What one inference component copy reserves on the instance (derived when omitted)."""
+
+    cpu_cores: float | None = Field(default=None, gt=0)
+    memory_mib: int | None = Field(default=None, ge=1024)
+
+
+class ModelConfig(_Strict):
+    name: str
+    hf_model_id: str
+    hf_revision: str = Field(min_length=1)
+    hf_token_secret_name: str | None = None
+    tgi_version: str
+    instance_type: str
+    gpu_count: int | None = Field(default=None, ge=1)
+    prompt_format: Literal["alpaca", "chat"]
+    tgi: TgiLimits
+    generation: Generation = Generation()
+    scaling: Scaling = Scaling()
+    compute: ComputeShare = ComputeShare()
+    startup_health_check_timeout_s: int = Field(default=900, ge=60, le=3600)
+    model_download_timeout_s: int = Field(default=900, ge=60, le=3600)
+
+    @field_validator("hf_model_id")
+    @classmethod
+    def _hf_id(cls, value: str) -> str:
+        if not _HF_ID_RE.match(value):
+            raise ValueError(
+                f"must look like 'owner/name' (a Hugging Face Hub model id), got {value!r}"
+            )
+        return value
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance(cls, value: str) -> str:
+        if value not in GPU_INSTANCES:
+            raise ValueError(
+                f"{value!r} is not a known GPU instance; allowed: {', '.join(GPU_INSTANCES)}"
+            )
+        return value
+
+    @field_validator("tgi_version")
+    @classmethod
+    def _tgi_version(cls, value: str) -> str:
+        from stacks.tgi_image import supported_versions
+
+        allowed = supported_versions()
+        if value not in allowed:
+            raise ValueError(f"TGI {value!r} has no SageMaker image; allowed: {', '.join(allowed)}")
+        return value
+
+    @model_validator(mode="after")
+    def _fits(self) -> ModelConfig:
+        gpus = self.instance.gpus
+        if self.gpu_count is not None and self.gpu_count > gpus:
+            raise ValueError(
+                f"gpu_count {self.gpu_count} exceeds the {gpus} GPU(s) of {self.instance_type}"
+            )
+        room = self.tgi.max_total_tokens - self.tgi.max_input_tokens
+        if self.generation.max_new_tokens_limit > room:
+            raise ValueError(
+                f"generation.max_new_tokens_limit ({self.generation.max_new_tokens_limit}) must be "
+                f"at most tgi.max_total_tokens - tgi.max_input_tokens ({room})"
+            )
+        if self.compute.cpu_cores is not None and self.compute.cpu_cores > self.instance.vcpus:
+            raise ValueError(f"compute.cpu_cores exceeds the {self.instance.vcpus} vCPUs")
+        if (
+            self.compute.memory_mib is not None
+            and self.compute.memory_mib > self.instance.memory_gib * 1024
+        ):
+            raise ValueError(
+                f"compute.memory_mib exceeds the {self.instance.memory_gib} GiB of memory"
+            )
+        return self
+
+    @property
+    def instance(self) -> GpuInstance:
+        return GPU_INSTANCES[self.instance_type]
+
+    @property
+    def gpus(self) -> int:
+        return self.gpu_count or self.instance.gpus
+
+    @property
+    def gpu_memory_gib(self) -> int:
+        return self.gpus * self.instance.gpu_memory_gib_each
+
+    @property
+    def revision_pinned(self) -> bool:
+        return bool(_SHA_RE.match(self.hf_revision))
+
+    @property
+    def cpu_cores(self) -> float:
+        # Leave half the vCPUs to the platform's agents and the TGI router's tokenizers.
+        return self.compute.cpu_cores or max(1, self.instance.vcpus // 2)
+
+    @property
+    def memory_mib(self) -> int:
+        # TGI streams safetensors to the GPU; host memory mostly serves the router and tokenizer.
+        return self.compute.memory_mib or self.instance.memory_gib * 1024 // 2
+
+    def tgi_environment(self) -> dict[str, str]:
+        """The TGI container's environment (no secrets: the HF token is added by reference)."""
+        env = {
+            "HF_MODEL_ID": self.hf_model_id,
+            "HF_MODEL_REVISION": self.hf_revision,
+            "SM_NUM_GPUS": str(self.gpus),
+            "MAX_INPUT_TOKENS": str(self.tgi.max_input_tokens),
+            "MAX_TOTAL_TOKENS": str(self.tgi.max_total_tokens),
+            "MAX_BATCH_PREFILL_TOKENS": str(self.tgi.prefill_tokens),
+            "MAX_CONCURRENT_REQUESTS": str(self.tgi.max_concurrent_requests),
+        }
+        if self.tgi.max_batch_total_tokens is not None:
+            env["MAX_BATCH_TOTAL_TOKENS"] = str(self.tgi.max_batch_total_tokens)
+        if self.tgi.quantize is not None:
+            env["HF_MODEL_QUANTIZE"] = self.tgi.quantize
+        if self.prompt_format == "chat":
+            env["MESSAGES_API_ENABLED"] = "true"
+        return env
+
+    def runtime_profile(self) -> dict[str, Any]:
+        """The `MODEL_PROFILE` the business Lambda reads (docs/CONTRACTS.md)."""
+        return {
+            "name": self.name,
+            "model_id": self.hf_model_id,
+            "revision": self.hf_revision,
+            "prompt_format": self.prompt_format,
+            "max_input_tokens": self.tgi.max_input_tokens,
+            "max_total_tokens": self.tgi.max_total_tokens,
+            "generation": self.generation.model_dump(),
+        }
+
+    def runtime_profile_json(self) -> str:
+        return json.dumps(self.runtime_profile(), separators=(",", ":"), sort_keys=True)
+
+
+def available_models(config_dir: Path = CONFIG_DIR) -> list[str]:
+    return sorted(p.stem for p in config_dir.glob("*.yaml"))
+
+
+def _describe(errors: ValidationError, source: str) -> str:
+    lines = []
+    for err in errors.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (check its spelling and nesting)"
+        elif err["type"] == "literal_error":
+            message = f"{message}; got {err['input']!r}"
+        lines.append(f"{source}: field '{field}': {message}")
+    return "\n".join(lines)
+
+
+def load_model_config(name: str, config_dir: Path = CONFIG_DIR) -> ModelConfig:
+    path = config_dir / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(available_models(config_dir)) or "(none)"
+        raise ConfigError(f"unknown model {name!r}: no {path}; available: {known}")
+    rel = _relative(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{rel}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{rel}: must be a YAML mapping of fields, got {type(data).__name__}")
+    if data.setdefault("name", name) != name:
+        raise ConfigError(
+            f"{rel}: field 'name': must match the file name {name!r}, got {data['name']!r}"
+        )
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, rel)) from None
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+class DeploymentConfig(_Strict):
+    """Account-level settings, from cdk context keys of the same names."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: str = "twin-llama-3.1-8b"
+    project: str = Field(default="llm-twin", pattern=r"^[a-z][a-z0-9-]{1,30}$")
+    qdrant_url: str | None = None
+    qdrant_api_key_secret_name: str | None = None
+    api_rate_limit_rps: float = Field(default=10, gt=0, le=10000)
+    api_burst_limit: int = Field(default=20, ge=1, le=5000)
+    api_quota_per_day: int = Field(default=5000, ge=1)
+    cors_origins: list[str] = []
+    alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    opik_workspace: str | None = None
+    opik_project_name: str = "llm-twin"
+    opik_api_key_secret_name: str | None = None
+    trace_sample_rate: float = Field(default=1.0, ge=0, le=1)
+    trace_redaction: Literal["none", "hash_query", "drop_texts"] = "none"
+    lambda_reserved_concurrency: int | None = Field(default=None, ge=1)
+    vpc_id: str | None = None
+    monthly_budget_usd: float | None = Field(default=None, gt=0)
+    idle_alarm_minutes: int = Field(default=60, ge=5, le=1440)
+    idle_scale_to_zero: bool = False
+    embedding_model_dir: str | None = None
+    reranker_model_dir: str | None = None
+
+    def stack_name(self, kind: str) -> str:
+        """`LlmTwinEndpoint`, `LlmTwinApi`: the project name in CamelCase plus the stack's kind."""
+        return "".join(part.capitalize() for part in self.project.split("-")) + kind.capitalize()
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `-c cors_origins=https://a.example,https://b.example`
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _https_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.match(r"^https://[^/\s*]+$", origin):
+                raise ValueError(f"{origin!r} must be an https:// origin without path or wildcard")
+        return value
+
+
+def load_deployment_config(context: Mapping[str, Any]) -> DeploymentConfig:
+    """Validate the cdk context values this app reads (unknown keys belong to CDK itself)."""
+    known = {
+        k: v for k, v in context.items() if k in DeploymentConfig.model_fields and v is not None
+    }
+    try:
+        return DeploymentConfig.model_validate(known)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "cdk context").replace("field '", "key '")) from None

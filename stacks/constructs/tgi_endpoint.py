@@ -1,0 +1,267 @@
+"""A Hugging Face TGI model on a SageMaker real-time endpoint, hosted as an inference component.
+
+Inference components let one config switch choose between an always-on endpoint and one that
+scales to zero instances when idle (DESIGN 4). Names are derived from the config, not from
+CloudFormation tokens, so other stacks can address the endpoint without a cross-stack export
+(which would otherwise force the API stack to be destroyed before the GPU).
+"""
+
+from __future__ import annotations
+
+import re
+
+from aws_cdk import CfnMapping, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_applicationautoscaling as appscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sagemaker as sagemaker
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from stacks import tgi_image
+from stacks.config import ModelConfig
+
+VARIANT_NAME = "AllTraffic"
+LOG_RETENTION = logs.RetentionDays.ONE_MONTH
+# Scaling out of zero: one NoCapacityInvocationFailures datapoint within a minute adds a copy.
+NO_CAPACITY_PERIOD = Duration.minutes(1)
+ALWAYS_ON_TARGET_METRIC = appscaling.PredefinedMetric.SAGEMAKER_INFERENCE_COMPONENT_CONCURRENT_REQUESTS_PER_COPY_HIGH_RESOLUTION
+
+
+def resource_name(*parts: str, max_len: int = 63) -> str:
+    """A SageMaker-safe name: alphanumerics and hyphens, at most 63 characters."""
+    name = re.sub(r"[^a-zA-Z0-9]+", "-", "-".join(parts)).strip("-").lower()
+    return name[:max_len].rstrip("-")
+
+
+class TgiEndpoint(Construct):
+    """TGI container + endpoint config + endpoint + inference component + its scaling."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: ModelConfig, project: str):
+        super().__init__(scope, construct_id)
+        self.config = config
+        self.endpoint_name = resource_name(project, config.name)
+        self.inference_component_name = resource_name(project, config.name, "ic")
+        stack = Stack.of(self)
+
+        image = self._image_uri(config.tgi_version)
+        self.log_group = log_group = logs.LogGroup(
+            self,
+            "Logs",
+            log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
+            retention=LOG_RETENTION,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.role = self._execution_role(image, log_group)
+
+        environment = config.tgi_environment()
+        if config.hf_token_secret_name:
+            # A CloudFormation dynamic reference: the template holds the secret's name only;
+            # CloudFormation resolves it when it creates the model.
+            token = secretsmanager.Secret.from_secret_name_v2(
+                self, "HfToken", config.hf_token_secret_name
+            )
+            environment["HF_TOKEN"] = token.secret_value.unsafe_unwrap()
+
+        model = sagemaker.CfnModel(
+            self,
+            "Model",
+            execution_role_arn=self.role.role_arn,
+            primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
+                image=image, environment=environment
+            ),
+        )
+        # SageMaker checks the role can pull the image when it creates the model: policy first.
+        policy = self.role.node.find_child("DefaultPolicy")
+        model.node.add_dependency(policy)
+
+        scaling = config.scaling
+        endpoint_config = sagemaker.CfnEndpointConfig(
+            self,
+            "EndpointConfig",
+            execution_role_arn=self.role.role_arn,
+            production_variants=[
+                sagemaker.CfnEndpointConfig.ProductionVariantProperty(
+                    variant_name=VARIANT_NAME,
+                    instance_type=config.instance_type,
+                    initial_instance_count=max(1, scaling.effective_min_copies),
+                    managed_instance_scaling=sagemaker.CfnEndpointConfig.ManagedInstanceScalingProperty(
+                        status="ENABLED",
+                        min_instance_count=scaling.effective_min_copies,
+                        max_instance_count=scaling.max_copies,
+                    ),
+                    routing_config=sagemaker.CfnEndpointConfig.RoutingConfigProperty(
+                        routing_strategy="LEAST_OUTSTANDING_REQUESTS"
+                    ),
+                    container_startup_health_check_timeout_in_seconds=config.startup_health_check_timeout_s,
+                    model_data_download_timeout_in_seconds=config.model_download_timeout_s,
+                )
+            ],
+        )
+        endpoint_config.node.add_dependency(policy)
+
+        endpoint = sagemaker.CfnEndpoint(
+            self,
+            "Endpoint",
+            endpoint_name=self.endpoint_name,
+            endpoint_config_name=endpoint_config.attr_endpoint_config_name,
+        )
+        endpoint.node.add_dependency(log_group)
+
+        component = sagemaker.CfnInferenceComponent(
+            self,
+            "InferenceComponent",
+            inference_component_name=self.inference_component_name,
+            endpoint_name=endpoint.attr_endpoint_name,
+            variant_name=VARIANT_NAME,
+            specification=sagemaker.CfnInferenceComponent.InferenceComponentSpecificationProperty(
+                model_name=model.attr_model_name,
+                compute_resource_requirements=sagemaker.CfnInferenceComponent.InferenceComponentComputeResourceRequirementsProperty(
+                    number_of_accelerator_devices_required=config.gpus,
+                    number_of_cpu_cores_required=config.cpu_cores,
+                    min_memory_required_in_mb=config.memory_mib,
+                ),
+                startup_parameters=sagemaker.CfnInferenceComponent.InferenceComponentStartupParametersProperty(
+                    container_startup_health_check_timeout_in_seconds=config.startup_health_check_timeout_s,
+                    model_data_download_timeout_in_seconds=config.model_download_timeout_s,
+                ),
+            ),
+            runtime_config=sagemaker.CfnInferenceComponent.InferenceComponentRuntimeConfigProperty(
+                # Created with one copy even when it may scale to zero: the first deploy proves
+                # the model loads, and auto scaling releases the GPU after the idle period.
+                copy_count=max(1, scaling.effective_min_copies)
+            ),
+        )
+        self.endpoint_arn = stack.format_arn(
+            service="sagemaker", resource="endpoint", resource_name=self.endpoint_name
+        )
+        self.inference_component_arn = stack.format_arn(
+            service="sagemaker",
+            resource="inference-component",
+            resource_name=self.inference_component_name,
+        )
+        self._scaling(component)
+
+    def _image_uri(self, version: str) -> str:
+        stack = Stack.of(self)
+        uris = tgi_image.regional_image_uris(version)
+        # lazy: a pinned region resolves at synth to a plain string; an environment-agnostic
+        # stack gets a region -> image mapping resolved by CloudFormation at deploy.
+        mapping = CfnMapping(
+            self,
+            "TgiImage",
+            mapping={
+                region: {"uri": uri, "account": tgi_image.registry_account(uri)}
+                for region, uri in uris.items()
+            },
+            lazy=True,
+        )
+        self._image_account = mapping.find_in_map(stack.region, "account")
+        self._image_repository = tgi_image.repository_name(next(iter(uris.values())))
+        return mapping.find_in_map(stack.region, "uri")
+
+    def _execution_role(self, image: str, log_group: logs.LogGroup) -> iam.Role:
+        role = iam.Role(
+            self,
+            "ExecutionRole",
+            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+            description=f"TGI container of {self.endpoint_name}: pull its image, write its logs",
+        )
+        repository_arn = Stack.of(self).format_arn(
+            service="ecr",
+            account=self._image_account,
+            resource="repository",
+            resource_name=self._image_repository,
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "ecr:BatchCheckLayerAvailability",
+                    "ecr:BatchGetImage",
+                    "ecr:GetDownloadUrlForLayer",
+                ],
+                resources=[repository_arn],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"])
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                resources=[log_group.log_group_arn, f"{log_group.log_group_arn}:log-stream:*"],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={
+                    "StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "AWS/SageMaker"]}
+                },
+            )
+        )
+        return role
+
+    def _scaling(self, component: sagemaker.CfnInferenceComponent) -> None:
+        scaling = self.config.scaling
+        target = appscaling.ScalableTarget(
+            self,
+            "CopyCount",
+            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
+            resource_id=f"inference-component/{self.inference_component_name}",
+            scalable_dimension="sagemaker:inference-component:DesiredCopyCount",
+            min_capacity=scaling.effective_min_copies,
+            max_capacity=scaling.max_copies,
+        )
+        target.node.add_dependency(component)
+        target.scale_to_track_metric(
+            "ConcurrentRequestsPerCopy",
+            target_value=scaling.target_concurrent_requests_per_copy,
+            predefined_metric=ALWAYS_ON_TARGET_METRIC,
+            scale_in_cooldown=Duration.seconds(scaling.scale_in_cooldown_s),
+            scale_out_cooldown=Duration.seconds(scaling.scale_out_cooldown_s),
+        )
+        self.scalable_target = target
+        if scaling.mode != "scale_to_zero":
+            return
+        # At zero copies target tracking has no per-copy metric to act on; requests that find
+        # no capacity are counted instead, and one of them is enough to bring a copy back.
+        no_capacity = cloudwatch.Metric(
+            namespace="AWS/SageMaker",
+            metric_name="NoCapacityInvocationFailures",
+            dimensions_map={"InferenceComponentName": self.inference_component_name},
+            statistic="Maximum",
+            period=NO_CAPACITY_PERIOD,
+        )
+        step = appscaling.StepScalingAction(
+            self,
+            "ScaleOutFromZero",
+            scaling_target=target,
+            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+            cooldown=Duration.seconds(scaling.scale_out_cooldown_s),
+            metric_aggregation_type=appscaling.MetricAggregationType.MAXIMUM,
+        )
+        step.add_adjustment(adjustment=1, lower_bound=0)
+        alarm = cloudwatch.Alarm(
+            self,
+            "NoCapacityAlarm",
+            alarm_description=f"Requests to {self.inference_component_name} found no copy: scale out of zero",
+            metric=no_capacity,
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        alarm.add_alarm_action(cloudwatch_actions.ApplicationScalingAction(step))
+        self.no_capacity_alarm = alarm
+
+    def grant_invoke(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Allow invoking exactly this endpoint's inference component."""
+        return iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["sagemaker:InvokeEndpoint"],
+            resource_arns=[self.endpoint_arn, self.inference_component_arn],
+        )

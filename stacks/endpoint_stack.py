@@ -1,0 +1,51 @@
+"""The slow, costly part: the GPU endpoint. Its own stack so the API can change without it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, Stack
+from constructs import Construct
+
+from stacks.config import DeploymentConfig, ModelConfig
+from stacks.constructs.tgi_endpoint import TgiEndpoint
+from stacks.nag import acknowledge
+
+
+class LlmEndpointStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        model: ModelConfig,
+        deployment: DeploymentConfig,
+        **kwargs: Any,
+    ):
+        super().__init__(scope, construct_id, **kwargs)
+        self.endpoint = TgiEndpoint(self, "Tgi", config=model, project=deployment.project)
+
+        CfnOutput(self, "EndpointName", value=self.endpoint.endpoint_name)
+        CfnOutput(self, "InferenceComponentName", value=self.endpoint.inference_component_name)
+        CfnOutput(self, "Region", value=self.region)
+
+        _acknowledge(self.endpoint)
+
+
+def _acknowledge(endpoint: TgiEndpoint) -> None:
+    policy = endpoint.role.node.find_child("DefaultPolicy")
+    log_group_id = Stack.of(endpoint).resolve(endpoint.log_group.node.default_child.logical_id)  # type: ignore[union-attr]
+    acknowledge(
+        policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        (
+            "ecr:GetAuthorizationToken has no resource-level permission (it must be '*'); "
+            "cloudwatch:PutMetricData has none either and is limited to SageMaker namespaces "
+            "by a condition. Image pulls are scoped to the TGI repository ARN."
+        ),
+    )
+    acknowledge(
+        policy,
+        f"AwsSolutions-IAM5[Resource::<{log_group_id}.Arn>:log-stream:*]",
+        "Log streams are created by the container at run time inside this endpoint's own log group.",
+    )

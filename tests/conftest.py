@@ -1,0 +1,41 @@
+"""Shared test fixtures: synthesized templates (cached per context) and paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_MODELS = REPO.parent / "shared" / "models"
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+Templates = dict[str, dict[str, Any]]
+_SYNTH_CACHE: dict[str, Templates] = {}
+
+
+def synth_templates(**context: Any) -> Templates:
+    """Synthesize the real app (bundling skipped) and return {stack key: template}."""
+    key = json.dumps(context, sort_keys=True)
+    if key not in _SYNTH_CACHE:
+        import aws_cdk as cdk
+
+        from stacks.app_builder import build_app
+
+        app = cdk.App(context={"aws:cdk:bundling-stacks": [], **context})
+        stacks = build_app(app)
+        assembly = app.synth()
+        _SYNTH_CACHE[key] = {
+            name: assembly.get_stack_by_name(stack.stack_name).template
+            for name, stack in stacks.items()
+        }
+    return _SYNTH_CACHE[key]
+
+
+@pytest.fixture(scope="session")
+def synth() -> Callable[..., Templates]:
+    return synth_templates

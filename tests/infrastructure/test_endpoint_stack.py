@@ -1,0 +1,210 @@
+"""The GPU endpoint stack: what it deploys, not how CDK names it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stacks import tgi_image
+from tests.infrastructure.helpers import as_list, one, resources, statements
+
+DEFAULT = {}
+CHAT_GATED = {"model": "llama-3.1-8b-instruct"}
+MULTI_GPU = {"model": "qwen2.5-32b-instruct"}
+
+
+def _env(template):
+    return one(template, "AWS::SageMaker::Model")["PrimaryContainer"]["Environment"]
+
+
+def test_default_model_runs_twinllama_with_its_tgi_limits(synth):
+    env = _env(synth(**DEFAULT)["endpoint"])
+    assert env["HF_MODEL_ID"] == "mlabonne/TwinLlama-3.1-8B-DPO"
+    assert env["HF_MODEL_REVISION"] == "main"
+    assert env["SM_NUM_GPUS"] == "1"
+    assert env["MAX_INPUT_TOKENS"] == "2048"
+    assert env["MAX_TOTAL_TOKENS"] == "4096"
+    assert "MESSAGES_API_ENABLED" not in env  # alpaca: raw prompts through /generate
+    assert "HF_TOKEN" not in env
+
+
+def test_gated_chat_model_gets_messages_api_and_token_by_reference_only(synth):
+    template = synth(**CHAT_GATED)["endpoint"]
+    env = _env(template)
+    assert env["MESSAGES_API_ENABLED"] == "true"
+    token = json.dumps(env["HF_TOKEN"])
+    assert "{{resolve:secretsmanager:" in token
+    assert "llm-twin/hf-token" in token
+    assert "hf_" not in json.dumps(template).replace("hf-token", "")  # no token literal anywhere
+
+
+def test_multi_gpu_instance_shards_over_all_its_gpus(synth):
+    template = synth(**MULTI_GPU)["endpoint"]
+    assert _env(template)["SM_NUM_GPUS"] == "4"
+    variant = one(template, "AWS::SageMaker::EndpointConfig")["ProductionVariants"][0]
+    assert variant["InstanceType"] == "ml.g5.12xlarge"
+    needs = one(template, "AWS::SageMaker::InferenceComponent")["Specification"][
+        "ComputeResourceRequirements"
+    ]
+    assert needs["NumberOfAcceleratorDevicesRequired"] == 4
+    assert needs["MinMemoryRequiredInMb"] <= 192 * 1024
+
+
+def test_environment_agnostic_stack_maps_every_region_to_the_sdk_image(synth):
+    template = synth(**DEFAULT)["endpoint"]
+    image = _env_image(template)
+    assert image["Fn::FindInMap"][1] == {"Ref": "AWS::Region"}
+    mapping = template["Mappings"][image["Fn::FindInMap"][0]]
+    for region in ("us-east-1", "eu-west-1", "ap-southeast-3", "cn-north-1"):
+        assert mapping[region]["uri"] == tgi_image.image_uri("3.3.6", region)
+    assert mapping["eu-west-1"]["uri"].endswith(
+        "huggingface-pytorch-tgi-inference:2.7.0-tgi3.3.6-gpu-py311-cu124-ubuntu22.04"
+    )
+
+
+@pytest.mark.parametrize("region", ["eu-west-1", "cn-north-1"])
+def test_pinned_region_resolves_the_image_at_synth(synth, region):
+    template = synth(account="123456789012", region=region)["endpoint"]
+    assert _env_image(template) == tgi_image.image_uri("3.3.6", region)
+    assert "Mappings" not in template
+
+
+def _env_image(template):
+    return one(template, "AWS::SageMaker::Model")["PrimaryContainer"]["Image"]
+
+
+def test_endpoint_config_uses_managed_scaling_lor_routing_and_long_startup(synth):
+    template = synth(**DEFAULT)["endpoint"]
+    variant = one(template, "AWS::SageMaker::EndpointConfig")["ProductionVariants"][0]
+    assert variant["InstanceType"] == "ml.g5.2xlarge"
+    assert variant["ManagedInstanceScaling"] == {
+        "Status": "ENABLED",
+        "MinInstanceCount": 1,
+        "MaxInstanceCount": 1,
+    }
+    assert variant["RoutingConfig"] == {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 900
+    assert variant["ModelDataDownloadTimeoutInSeconds"] == 900
+    component = one(template, "AWS::SageMaker::InferenceComponent")
+    assert component["Specification"]["StartupParameters"] == {
+        "ContainerStartupHealthCheckTimeoutInSeconds": 900,
+        "ModelDataDownloadTimeoutInSeconds": 900,
+    }
+    assert component["Specification"]["ComputeResourceRequirements"] == {
+        "NumberOfAcceleratorDevicesRequired": 1,
+        "NumberOfCpuCoresRequired": 4,
+        "MinMemoryRequiredInMb": 16384,
+    }
+    assert component["RuntimeConfig"] == {"CopyCount": 1}
+    assert component["InferenceComponentName"] == "llm-twin-twin-llama-3-1-8b-ic"
+
+
+def test_execution_role_can_only_pull_the_tgi_image_and_write_its_logs(synth):
+    template = synth(**DEFAULT)["endpoint"]
+    role = [
+        r
+        for r in resources(template, "AWS::IAM::Role")
+        if "sagemaker.amazonaws.com" in json.dumps(r["Properties"]["AssumeRolePolicyDocument"])
+    ]
+    assert len(role) == 1
+    assert "ManagedPolicyArns" not in role[0]["Properties"]
+    by_action = {a: s for s in statements(template) for a in as_list(s["Action"])}
+    pull = by_action["ecr:BatchGetImage"]
+    assert "repository/huggingface-pytorch-tgi-inference" in json.dumps(pull["Resource"])
+    assert by_action["ecr:GetAuthorizationToken"]["Resource"] == "*"  # no resource-level form
+    assert by_action["cloudwatch:PutMetricData"]["Condition"]["StringLike"]["cloudwatch:namespace"]
+    logs = json.dumps(by_action["logs:PutLogEvents"]["Resource"])
+    assert "*" not in logs.replace(":log-stream:*", "")
+    allowed = {
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:BatchGetImage",
+        "ecr:GetDownloadUrlForLayer",
+        "ecr:GetAuthorizationToken",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "logs:DescribeLogStreams",
+        "cloudwatch:PutMetricData",
+        # Application Auto Scaling's own role for the copy-count target
+        "sagemaker:DescribeEndpoint",
+        "sagemaker:DescribeEndpointConfig",
+        "sagemaker:DescribeInferenceComponent",
+        "sagemaker:UpdateInferenceComponentRuntimeConfig",
+        "cloudwatch:DescribeAlarms",
+        "cloudwatch:PutMetricAlarm",
+        "cloudwatch:DeleteAlarms",
+    }
+    assert set(by_action) <= allowed
+
+
+def test_endpoint_log_group_has_retention_and_is_removed_with_the_stack(synth):
+    template = synth(**DEFAULT)["endpoint"]
+    (group,) = resources(template, "AWS::Logs::LogGroup")
+    assert (
+        group["Properties"]["LogGroupName"] == "/aws/sagemaker/Endpoints/llm-twin-twin-llama-3-1-8b"
+    )
+    assert group["Properties"]["RetentionInDays"] == 30
+    assert group["DeletionPolicy"] == "Delete"
+
+
+def test_always_on_tracks_concurrent_requests_per_copy_and_never_reaches_zero(synth):
+    template = synth(**DEFAULT)["endpoint"]
+    target = one(template, "AWS::ApplicationAutoScaling::ScalableTarget")
+    assert target["ResourceId"] == "inference-component/llm-twin-twin-llama-3-1-8b-ic"
+    assert target["ScalableDimension"] == "sagemaker:inference-component:DesiredCopyCount"
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 1)
+    (policy,) = resources(template, "AWS::ApplicationAutoScaling::ScalingPolicy")
+    tracking = policy["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["TargetValue"] == 4
+    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == (
+        "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution"
+    )
+    assert tracking["ScaleInCooldown"] == 600
+    assert tracking["ScaleOutCooldown"] == 120
+    assert not resources(template, "AWS::CloudWatch::Alarm")
+
+
+def test_scale_to_zero_releases_the_gpu_and_comes_back_on_no_capacity(synth):
+    template = synth(**CHAT_GATED)["endpoint"]
+    variant = one(template, "AWS::SageMaker::EndpointConfig")["ProductionVariants"][0]
+    assert variant["ManagedInstanceScaling"]["MinInstanceCount"] == 0
+    target = one(template, "AWS::ApplicationAutoScaling::ScalableTarget")
+    assert target["MinCapacity"] == 0
+    policies = {
+        p["Properties"]["PolicyType"]: p["Properties"]
+        for p in resources(template, "AWS::ApplicationAutoScaling::ScalingPolicy")
+    }
+    step = policies["StepScaling"]["StepScalingPolicyConfiguration"]
+    assert step["AdjustmentType"] == "ChangeInCapacity"
+    assert step["StepAdjustments"] == [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]
+    assert "TargetTrackingScaling" in policies  # idle scale-in, down to zero
+    alarm = one(template, "AWS::CloudWatch::Alarm")
+    assert alarm["MetricName"] == "NoCapacityInvocationFailures"
+    assert alarm["Namespace"] == "AWS/SageMaker"
+    assert alarm["Dimensions"] == [
+        {"Name": "InferenceComponentName", "Value": "llm-twin-llama-3-1-8b-instruct-ic"}
+    ]
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["Threshold"] == 1
+    step_id = next(
+        k
+        for k, v in template["Resources"].items()
+        if v["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy"
+        and v["Properties"]["PolicyType"] == "StepScaling"
+    )
+    assert alarm["AlarmActions"] == [{"Ref": step_id}]
+
+
+def test_outputs_name_the_endpoint_component_and_region(synth):
+    outputs = synth(**DEFAULT)["endpoint"]["Outputs"]
+    assert outputs["EndpointName"]["Value"] == "llm-twin-twin-llama-3-1-8b"
+    assert outputs["InferenceComponentName"]["Value"] == "llm-twin-twin-llama-3-1-8b-ic"
+    assert outputs["Region"]["Value"] == {"Ref": "AWS::Region"}
+
+
+@pytest.mark.parametrize("context", [DEFAULT, CHAT_GATED, MULTI_GPU])
+def test_nothing_is_retained_on_destroy(synth, context):
+    for template in synth(**context).values():
+        for logical_id, res in template["Resources"].items():
+            assert res.get("DeletionPolicy", "Delete") != "Retain", logical_id
+            assert res.get("UpdateReplacePolicy", "Delete") != "Retain", logical_id
