@@ -1,0 +1,31 @@
+"""The package's one Logger, Tracer and Metrics, plus the few metric helpers the pipeline uses.
+
+Service name comes from POWERTOOLS_SERVICE_NAME (set by the stack); the handler adds the
+correlation id (API Gateway request id) and flushes metrics.
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+METRICS_NAMESPACE = "LlmTwin"
+
+logger = Logger(utc=True)
+tracer = Tracer()
+metrics = Metrics(namespace=METRICS_NAMESPACE)
+
+
+def record_stage_latency(stage: str, elapsed_ms: float) -> None:
+    metrics.add_metric(name=f"{stage}_latency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
+
+
+def record_fallback(name: str) -> None:
+    metrics.add_metric(name=f"{name}_fallback", unit=MetricUnit.Count, value=1)
+
+
+def record_tokens(prompt_tokens: int | None, completion_tokens: int | None) -> None:
+    if prompt_tokens is not None:
+        metrics.add_metric(name="prompt_tokens", unit=MetricUnit.Count, value=prompt_tokens)
+    if completion_tokens is not None:
+        metrics.add_metric(name="completion_tokens", unit=MetricUnit.Count, value=completion_tokens)

@@ -1,0 +1,78 @@
+"""Builds the production `Deps` from the environment, once per container (lazily, cached).
+
+The adapters are imported inside the functions: tests of the pipeline and the API never load
+onnxruntime, qdrant-client or boto3.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from rag.pipeline import Deps
+from rag.settings import Settings
+
+_deps: Deps | None = None
+_lock = threading.Lock()
+
+
+def get_deps() -> Deps:
+    """The container's Deps, built on the first request (settings, models, clients)."""
+    global _deps
+    with _lock:
+        if _deps is None:
+            _deps = build_deps(Settings.from_env(os.environ))
+        return _deps
+
+
+def build_deps(settings: Settings) -> Deps:
+    from rag.llm import build_llm
+    from rag.model_store import resolve_model_dirs
+    from rag.onnx_models import OnnxCrossEncoder, OnnxEmbedder
+    from rag.sinks import build_sink
+    from rag.vectorstore import QdrantStore
+
+    dirs = resolve_model_dirs(
+        embedding_dir=_path(settings.embedding_model_dir),
+        reranker_dir=_path(settings.reranker_model_dir),
+        asset_s3_uri=settings.model_asset_s3_uri,
+        need_reranker=settings.rerank_enabled,
+    )
+    embedder = OnnxEmbedder(dirs.embedding, threads=settings.ort_threads)
+    reranker = None
+    if settings.rerank_enabled and dirs.reranker is not None:
+        reranker = OnnxCrossEncoder(dirs.reranker, threads=settings.ort_threads)
+    store = QdrantStore.from_settings(
+        url=settings.qdrant_url,
+        path=settings.qdrant_path,
+        api_key=settings.qdrant_api_key() if settings.qdrant_url else None,
+        timeout_s=settings.qdrant_timeout_s,
+    )
+    llm = build_llm(
+        url=settings.llm_url,
+        api=settings.llm_api,
+        endpoint=settings.llm_endpoint,
+        inference_component=settings.llm_inference_component,
+        connect_timeout_s=settings.llm_connect_timeout_s,
+        read_timeout_s=settings.llm_read_timeout_s,
+        model=settings.model_profile.model_id,
+    )
+    sink = build_sink(
+        queue_url=settings.trace_queue_url,
+        trace_file=settings.trace_file,
+        sample_rate=settings.trace_sample_rate,
+        redaction=settings.trace_redaction,
+    )
+    return Deps(
+        settings=settings,
+        llm=llm,
+        embedder=embedder,
+        reranker=reranker,
+        store=store,
+        sink=sink,
+    )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None

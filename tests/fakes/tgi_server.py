@@ -1,0 +1,711 @@
+"""A TGI-protocol HTTP server on 127.0.0.1 for tests and benchmarks.
+
+It answers TGI 3.3.6's routes (`/generate`, `/`, `/invocations`, `/v1/chat/completions`,
+`/v1/completions`, `/health`, `/ping`) and SageMaker runtime's `/endpoints/{name}/invocations`
+(with SageMaker's error envelope), validates every request body against TGI's own OpenAPI spec
+(422 ErrorResponse when invalid) and builds every response to validate against the spec too.
+A test scripts it with a responder (the generated text per request), a delay per call, and faults.
+
+    with TgiServer(responder=fixed("hi")) as server:
+        HttpLLM(server.url, ...)
+
+As a process: `python -m tests.fakes.tgi_server --port 8080 --delay 0.2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPEC_CANDIDATES = (
+    REPO_ROOT / "tests" / "contracts" / "tgi-openapi.json",
+    REPO_ROOT.parent / "shared" / "contracts" / "tgi-openapi.json",
+)
+SPEC_URI = "urn:tgi-openapi"
+MODEL_ID = "mlabonne/TwinLlama-3.1-8B-DPO"
+SYSTEM_FINGERPRINT = "3.3.6-native"
+MAX_STOP_SEQUENCES = 4
+"""TGI's --max-stop-sequences default; it applies to chat requests as well."""
+IDLE_CONNECTION_TIMEOUT_S = 5.0
+"""A kept-alive connection with no request for this long is closed by the server."""
+AWS_ACCOUNT = "123456789012"
+SHUTDOWN_POLL_S = 0.02
+"""How often the serving loop checks for shutdown (stdlib default 0.5 s slows every test)."""
+
+ERROR_TYPES = {
+    422: "validation",
+    424: "generation",
+    429: "overloaded",
+    500: "incomplete_generation",
+    503: "unhealthy",
+}
+"""TGI's `error_type` per status (its OpenAPI examples)."""
+
+Flavor = Literal["tgi", "openai"]
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+def spec_path() -> Path:
+    """TGI's OpenAPI spec: $TGI_OPENAPI_SPEC, else the repo copy, else the shared contracts."""
+    override = os.environ.get("TGI_OPENAPI_SPEC")
+    candidates = (Path(override),) if override else SPEC_CANDIDATES
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        "TGI OpenAPI spec not found; set TGI_OPENAPI_SPEC or add tests/contracts/tgi-openapi.json"
+    )
+
+
+def _nullable_to_json_schema(node: Any) -> Any:
+    """OpenAPI 3.0 `nullable: true` has no JSON Schema keyword: allow null explicitly."""
+    if isinstance(node, list):
+        return [_nullable_to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _nullable_to_json_schema(value) for key, value in node.items()}
+    if converted.pop("nullable", False) is True:
+        return {"anyOf": [{"type": "null"}, converted]}
+    return converted
+
+
+_OPENAI_RESPONSE_FORMAT = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {"enum": ["text", "json_object", "json_schema"]},
+        "json_schema": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "schema": {}, "strict": {"type": "boolean"}},
+        },
+    },
+}
+
+
+class TgiSpec:
+    """Validators for the spec's component schemas, `$ref`s resolved within the spec."""
+
+    def __init__(self, document: Mapping[str, Any], flavor: Flavor = "tgi") -> None:
+        document = _nullable_to_json_schema(copy.deepcopy(dict(document)))
+        if flavor == "openai":
+            # OpenAI-compatible servers (vLLM, Ollama) take OpenAI's response_format and a
+            # string prompt; everything else is TGI's schema.
+            schemas = document["components"]["schemas"]
+            schemas["ChatRequest"]["properties"]["response_format"] = _OPENAI_RESPONSE_FORMAT
+            schemas["Prompt"] = {
+                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+            }
+        resource = Resource.from_contents(document, default_specification=DRAFT202012)
+        self._registry: Registry[Any] = Registry().with_resource(SPEC_URI, resource)
+        self._validators: dict[str, jsonschema.protocols.Validator] = {}
+
+    def validator(self, name: str) -> jsonschema.protocols.Validator:
+        if name not in self._validators:
+            ref = {"$ref": f"{SPEC_URI}#/components/schemas/{name}"}
+            self._validators[name] = jsonschema.Draft202012Validator(ref, registry=self._registry)
+        return self._validators[name]
+
+    def errors(self, name: str, instance: Any) -> list[str]:
+        """Human-readable violations of schema `name` (empty when valid)."""
+        found = sorted(self.validator(name).iter_errors(instance), key=lambda e: list(e.path))
+        return [f"{'/'.join(map(str, e.path)) or '<body>'}: {e.message}" for e in found]
+
+    def validate(self, name: str, instance: Any) -> None:
+        self.validator(name).validate(instance)
+
+
+@cache
+def tgi_spec(flavor: Flavor = "tgi") -> TgiSpec:
+    return TgiSpec(json.loads(spec_path().read_text()), flavor)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+Kind = Literal["generate", "chat", "completion"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a responder sees: one generation request, whatever route it came by."""
+
+    kind: Kind
+    prompt: str
+    """`inputs`, the completion prompt, or the chat messages' contents joined by newlines."""
+    body: Mapping[str, Any]
+    schema: Any = None
+    """JSON schema from the grammar / response_format, when one was given."""
+    stop: tuple[str, ...] = ()
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Any
+    """Parsed JSON, or None when the body was empty or not JSON."""
+
+
+Responder = Callable[[GenerationRequest], str]
+
+
+def fixed(text: str) -> Responder:
+    return lambda _request: text
+
+
+def echo() -> Responder:
+    return lambda request: request.prompt
+
+
+def json_or(default: Responder) -> Responder:
+    """A JSON object honouring the request's schema when it has one, else `default`."""
+
+    def respond(request: GenerationRequest) -> str:
+        if request.schema is not None:
+            return json.dumps(instance_of(request.schema))
+        return default(request)
+
+    return respond
+
+
+def instance_of(schema: Any) -> Any:
+    """A small value valid against a simple JSON schema (enough for structured-output prompts)."""
+    if not isinstance(schema, dict):
+        return {}
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "default" in schema:
+        return schema["default"]
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            return instance_of(schema[key][0])
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: instance_of(sub) for name, sub in properties.items()}
+    if kind == "array":
+        return [instance_of(schema.get("items", {})) for _ in range(schema.get("minItems", 0))]
+    if kind == "string":
+        return "x" * max(1, schema.get("minLength", 1))
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return False
+    return None
+
+
+DEFAULT_ANSWER = "This is the fake model's answer."
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@dataclass(frozen=True)
+class Fault:
+    """How to misbehave on one request. Build with the class methods."""
+
+    kind: Literal["status", "malformed", "wrong_shape", "close", "hang", "aws_error"]
+    status: int = 0
+    message: str = ""
+    seconds: float = 0.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    aws_code: str = ""
+
+    @classmethod
+    def http_status(cls, status: int, message: str | None = None, **headers: str) -> Fault:
+        """TGI's ErrorResponse with this status (422, 424, 429, 500, ...)."""
+        text = message or f"fake {ERROR_TYPES.get(status, 'error')} error"
+        return cls("status", status=status, message=text, headers=headers)
+
+    @classmethod
+    def malformed(cls) -> Fault:
+        """200 with a body that is not JSON."""
+        return cls("malformed")
+
+    @classmethod
+    def wrong_shape(cls) -> Fault:
+        """200 with JSON that is not the route's response."""
+        return cls("wrong_shape")
+
+    @classmethod
+    def close(cls) -> Fault:
+        """Close the connection without answering."""
+        return cls("close")
+
+    @classmethod
+    def hang(cls, seconds: float) -> Fault:
+        """Answer only after `seconds` (or at shutdown): longer than the client's read timeout."""
+        return cls("hang", seconds=seconds)
+
+    @classmethod
+    def aws_error(cls, code: str, status: int, message: str) -> Fault:
+        """A SageMaker runtime error (SageMaker routes only), e.g. ServiceUnavailable 503."""
+        return cls("aws_error", status=status, message=message, aws_code=code)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class TgiServer:
+    """The fake, running in a background thread; a context manager."""
+
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        delay_s: float = 0.0,
+        flavor: Flavor = "tgi",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        model_id: str = MODEL_ID,
+    ) -> None:
+        self.responder = responder or json_or(fixed(DEFAULT_ANSWER))
+        self.delay_s = delay_s
+        self.flavor: Flavor = flavor
+        self.model_id = model_id
+        self.spec = tgi_spec(flavor)
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._queued: list[Fault] = []
+        self._fault: Fault | None = None
+        self._stopping = threading.Event()
+        self._ids = itertools.count(1)
+        self._httpd = _Httpd((host, port), _handler_for(self))
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(SHUTDOWN_POLL_S,), daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def queue(self, *faults: Fault) -> None:
+        """Misbehave on the next requests, one fault each, then answer normally again."""
+        with self._lock:
+            self._queued.extend(faults)
+
+    def set_fault(self, fault: Fault | None) -> None:
+        """Misbehave on every request until cleared with None."""
+        with self._lock:
+            self._fault = fault
+
+    def start(self) -> TgiServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes hanging and delayed handlers
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> TgiServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # -- used by the handler
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _next_fault(self) -> Fault | None:
+        with self._lock:
+            return self._queued.pop(0) if self._queued else self._fault
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+
+class _Httpd(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+def _json_reply(status: int, payload: Any, **headers: str) -> _Reply:
+    return _Reply(status, json.dumps(payload).encode(), dict(headers))
+
+
+def _tgi_error(status: int, message: str, **headers: str) -> _Reply:
+    error = {"error": message, "error_type": ERROR_TYPES.get(status, "error")}
+    return _json_reply(status, error, **headers)
+
+
+def _handler_for(server: TgiServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = IDLE_CONNECTION_TIMEOUT_S
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            server._record(RecordedRequest("GET", self.path, dict(self.headers), None))
+            if self.path in ("/health", "/ping"):
+                self._send(_Reply(200, b"", content_type="text/plain"))
+            else:
+                self._send(_Reply(404, b"", content_type="text/plain"))
+
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            server._record(RecordedRequest("POST", self.path, dict(self.headers), body))
+            sagemaker = self.path.startswith("/endpoints/") and self.path.endswith("/invocations")
+            reply = _answer(server, self.path, self.headers.get("Content-Type", ""), raw, sagemaker)
+            if reply is None:
+                self.close_connection = True  # Fault.close: hang up without a word
+                return
+            if sagemaker and reply.status >= 400 and "x-amzn-ErrorType" not in reply.headers:
+                reply = _as_sagemaker_model_error(reply)
+            self._send(reply)
+
+        def _send(self, reply: _Reply) -> None:
+            try:
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(reply.body)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(reply.body)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (its read timeout)
+
+    return Handler
+
+
+def _answer(
+    server: TgiServer, path: str, content_type: str, raw: bytes, sagemaker: bool
+) -> _Reply | None:
+    route = "/invocations" if sagemaker else path
+    if route not in ("/", "/generate", "/invocations", "/v1/chat/completions", "/v1/completions"):
+        return _Reply(404, b"", content_type="text/plain")
+    if "application/json" not in content_type:
+        return _Reply(
+            415, b"Expected request with `Content-Type: application/json`", {}, "text/plain"
+        )
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return _Reply(400, b"Failed to parse the request body as JSON", {}, "text/plain")
+
+    schema_name = _request_schema(route, body)
+    problems = server.spec.errors(schema_name, body) + _tgi_semantic_errors(body)
+    if problems:
+        return _tgi_error(422, "Input validation error: " + "; ".join(problems))
+
+    fault = server._next_fault()
+    server._sleep(server.delay_s)
+    if fault is not None:
+        return _fault_reply(server, fault, sagemaker)
+    return _generate(server, route, schema_name, body)
+
+
+def _request_schema(route: str, body: Any) -> str:
+    if route == "/v1/chat/completions":
+        return "ChatRequest"
+    if route == "/v1/completions":
+        return "CompletionRequest"
+    if route == "/generate":
+        return "GenerateRequest"
+    if route == "/":
+        return "CompatGenerateRequest"
+    # /invocations: SagemakerRequest is a oneOf; route by its members' required fields.
+    if isinstance(body, dict) and "messages" in body:
+        return "ChatRequest"
+    if isinstance(body, dict) and "prompt" in body:
+        return "CompletionRequest"
+    return "CompatGenerateRequest"
+
+
+def _tgi_semantic_errors(body: Any) -> list[str]:
+    """Checks TGI's router makes beyond its published schema (router/src/validation.rs)."""
+    if not isinstance(body, dict):
+        return []
+    nested = body.get("parameters")
+    params: dict[str, Any] = nested if isinstance(nested, dict) else body
+    problems = []
+    top_p = params.get("top_p")
+    if isinstance(top_p, (int, float)) and not 0 < top_p < 1:
+        problems.append("`top_p` must be > 0.0 and < 1.0")
+    stop = params.get("stop")
+    if isinstance(stop, list) and len(stop) > MAX_STOP_SEQUENCES:
+        problems.append(f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences")
+    return problems
+
+
+def _fault_reply(server: TgiServer, fault: Fault, sagemaker: bool) -> _Reply | None:
+    if fault.kind == "status":
+        return _tgi_error(fault.status, fault.message, **fault.headers)
+    if fault.kind == "malformed":
+        return _Reply(200, b'{"generated_text": "cut off in the midd')
+    if fault.kind == "wrong_shape":
+        return _json_reply(200, {"unexpected": True})
+    if fault.kind == "close":
+        return None
+    if fault.kind == "hang":
+        server._sleep(fault.seconds)
+        return _json_reply(200, {"generated_text": "too late"})
+    if fault.kind == "aws_error" and sagemaker:
+        return _aws_error(fault.aws_code, fault.status, fault.message)
+    raise ValueError(f"fault {fault.kind} does not apply to this route")
+
+
+def _aws_error(code: str, status: int, message: str, **fields: Any) -> _Reply:
+    """SageMaker runtime's rest-json error: code in x-amzn-ErrorType, members in the body."""
+    return _json_reply(status, {"message": message, **fields}, **{"x-amzn-ErrorType": code})
+
+
+def _as_sagemaker_model_error(reply: _Reply) -> _Reply:
+    """SageMaker wraps a container's error status into a 424 ModelError with the original."""
+    original = reply.body.decode("utf-8", "replace")
+    kind = "client" if reply.status < 500 else "server"
+    message = (
+        f'Received {kind} error ({reply.status}) from primary with message "{original}". '
+        f"See the CloudWatch log group /aws/sagemaker/Endpoints in account {AWS_ACCOUNT}."
+    )
+    return _aws_error(
+        "ModelError",
+        424,
+        message,
+        OriginalStatusCode=reply.status,
+        OriginalMessage=original,
+        LogStreamArn=f"arn:aws:logs:eu-west-1:{AWS_ACCOUNT}:log-group:/aws/sagemaker/Endpoints",
+    )
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def _generate(server: TgiServer, route: str, schema_name: str, body: dict[str, Any]) -> _Reply:
+    request = _generation_request(schema_name, body, server.flavor)
+    text, finish = _limit(server.responder(request), request.stop, request.max_new_tokens)
+    words = _tokens(text)
+    if schema_name in ("GenerateRequest", "CompatGenerateRequest"):
+        payload = _generate_response(request, words, text, finish)
+        # compat_generate (`/`, and `/invocations`) wraps the answer in a list "to match
+        # api-inference"; `/generate` answers the object.
+        return _json_reply(200, payload if route == "/generate" else [payload])
+    usage = {
+        "prompt_tokens": len(_tokens(request.prompt)),
+        "completion_tokens": len(words),
+        "total_tokens": len(_tokens(request.prompt)) + len(words),
+    }
+    common = {
+        "id": f"fake-{server._next_id()}",
+        "created": int(time.time()),
+        "model": server.model_id,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "usage": usage,
+    }
+    openai_finish = "length" if finish == "length" else "stop"
+    if schema_name == "ChatRequest":
+        message = {"role": "assistant", "content": text}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": openai_finish}
+        return _json_reply(200, {"object": "chat.completion", **common, "choices": [choice]})
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": openai_finish}
+    return _json_reply(200, {"object": "text_completion", **common, "choices": [choice]})
+
+
+def _generation_request(
+    schema_name: str, body: dict[str, Any], flavor: Flavor
+) -> GenerationRequest:
+    if schema_name in ("GenerateRequest", "CompatGenerateRequest"):
+        params = body.get("parameters") or {}
+        return GenerationRequest(
+            kind="generate",
+            prompt=body["inputs"],
+            body=body,
+            schema=_grammar_schema(params.get("grammar")),
+            stop=tuple(params.get("stop") or ()),
+            max_new_tokens=params.get("max_new_tokens"),
+        )
+    if schema_name == "ChatRequest":
+        contents = [m.get("content") for m in body["messages"]]
+        response_format = body.get("response_format")
+        schema = (
+            _openai_schema(response_format)
+            if flavor == "openai"
+            else _grammar_schema(response_format)
+        )
+        return GenerationRequest(
+            kind="chat",
+            prompt="\n".join(c for c in contents if isinstance(c, str)),
+            body=body,
+            schema=schema,
+            stop=tuple(body.get("stop") or ()),
+            max_new_tokens=body.get("max_tokens"),
+        )
+    prompt = body["prompt"]
+    return GenerationRequest(
+        kind="completion",
+        prompt=prompt if isinstance(prompt, str) else "\n".join(prompt),
+        body=body,
+        schema=body.get("guided_json"),
+        stop=tuple(body.get("stop") or ()),
+        max_new_tokens=body.get("max_tokens"),
+    )
+
+
+def _grammar_schema(grammar: Any) -> Any:
+    if not isinstance(grammar, dict):
+        return None
+    if grammar.get("type") == "json":
+        value = grammar.get("value")
+        return json.loads(value) if isinstance(value, str) else value
+    if grammar.get("type") == "json_schema":
+        return (grammar.get("value") or {}).get("schema")
+    return None
+
+
+def _openai_schema(response_format: Any) -> Any:
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        return (response_format.get("json_schema") or {}).get("schema")
+    return None
+
+
+def _tokens(text: str) -> list[str]:
+    """The fake's tokenizer: one token per whitespace-separated word."""
+    return text.split()
+
+
+def _limit(text: str, stop: tuple[str, ...], max_new_tokens: int | None) -> tuple[str, str]:
+    """Apply stop sequences (kept in the text, like TGI) and max_new_tokens to the answer."""
+    finish = "eos_token"
+    for sequence in stop:
+        at = text.find(sequence) if sequence else -1
+        if at >= 0:
+            text, finish = text[: at + len(sequence)], "stop_sequence"
+            break
+    words = list(re.finditer(r"\S+", text))
+    if max_new_tokens is not None and len(words) > max_new_tokens:
+        end = words[max_new_tokens - 1].end() if max_new_tokens else 0
+        text, finish = text[:end], "length"
+    return text, finish
+
+
+def _generate_response(
+    request: GenerationRequest, words: list[str], text: str, finish: str
+) -> dict[str, Any]:
+    params = request.body.get("parameters") or {}
+    generated = request.prompt + text if params.get("return_full_text") else text
+    response: dict[str, Any] = {"generated_text": generated}
+    if params.get("details", True):
+        tokens = [
+            {"id": i + 1, "text": word, "logprob": -0.5, "special": False}
+            for i, word in enumerate(words)
+        ]
+        prefill = []
+        if params.get("decoder_input_details"):
+            prefill = [
+                {"id": i + 1, "text": word, "logprob": None if i == 0 else -1.0}
+                for i, word in enumerate(_tokens(request.prompt))
+            ]
+        response["details"] = {
+            "finish_reason": finish,
+            "generated_tokens": len(words),
+            "prefill": prefill,
+            "tokens": tokens,
+            "seed": None,
+        }
+    return response
+
+
+# --------------------------------------------------------------------------- response schemas
+
+
+def response_schema(path: str, request_body: Any) -> tuple[str, bool]:
+    """(component schema, is_list) a 200 answer to this request must validate against."""
+    sagemaker = path.startswith("/endpoints/") or path == "/invocations"
+    schema_name = _request_schema("/invocations" if sagemaker else path, request_body)
+    if schema_name == "ChatRequest":
+        return "ChatCompletion", False
+    if schema_name == "CompletionRequest":
+        return "CompletionFinal", False
+    return "GenerateResponse", path != "/generate"
+
+
+# --------------------------------------------------------------------------- as a process
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fake TGI server for local runs and benchmarks.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds per generation call")
+    parser.add_argument("--flavor", choices=("tgi", "openai"), default="tgi")
+    parser.add_argument("--answer", default=DEFAULT_ANSWER, help="text of every answer")
+    args = parser.parse_args(argv)
+    server = TgiServer(
+        json_or(fixed(args.answer)),
+        delay_s=args.delay,
+        flavor=args.flavor,
+        host=args.host,
+        port=args.port,
+    )
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    with server:
+        print(f"fake TGI listening on {server.url}", flush=True)
+        done.wait()
+
+
+def running(responder: Responder | None = None, **kwargs: Any) -> Iterator[TgiServer]:
+    """Generator for pytest fixtures: `yield from running(...)`."""
+    with TgiServer(responder, **kwargs) as server:
+        yield server
+
+
+if __name__ == "__main__":
+    main()
