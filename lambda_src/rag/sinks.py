@@ -1,0 +1,480 @@
+"""Trace sinks: where the business Lambda hands its per-request trace event (DESIGN 3.4).
+
+In AWS the event goes to SQS and the forwarder Lambda takes it to Opik; locally it goes to a
+JSONL file (and, wired by the local server, to Opik directly). Every sink honours the
+`TraceSink` contract: `send` never raises into the request path.
+
+This module must not import opik: the business Lambda bundle has no room for it (DESIGN 4).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.config import Config
+
+from rag.ports import TraceSink
+
+SQS_MAX_MESSAGE_BYTES = 1_048_576
+"""SQS's largest message body, 1 MiB (raised from 256 KiB): "More room to build: serverless
+services now support payloads up to 1 MB", AWS Compute Blog, 2026-01-29
+(https://aws.amazon.com/blogs/compute/more-room-to-build-serverless-services-now-support-payloads-up-to-1-mb).
+The queue's own MaximumMessageSize must be set to this value too (it may be lower)."""
+
+SQS_CONNECT_TIMEOUT_S = 1
+SQS_READ_TIMEOUT_S = 2
+SQS_MAX_ATTEMPTS = 2
+"""Short and few: the send sits after the answer in the request path, so a slow SQS must cost
+at most a few seconds before it is counted as a lost trace."""
+
+METRIC_SEND_FAILED = "trace_send_failed"
+METRIC_TRIMMED = "trace_trimmed"
+METRIC_SAMPLED_OUT = "trace_sampled_out"
+
+TRIM_MARKER = "…[trimmed {n} chars]"
+"""Appended where text was cut: a reader in Opik sees the field is incomplete, and by how much."""
+
+Redaction = Literal["none", "hash_query", "drop_texts"]
+MetricCallback = Callable[[str], None]
+
+SPAN_KEYS = ("input", "output")
+PROMPT_FIELDS = (("prompt", "output"), ("generate", "input"))
+"""(span name, field) pairs that hold the assembled prompt."""
+ANSWER_FIELDS = (("generate", "output"),)
+QUERY_KEYS = frozenset({"query", "queries", "expanded_queries"})
+KEPT_TEXT_KEYS = frozenset(
+    {
+        "id",
+        "document_id",
+        "author_id",
+        "collection",
+        "collections",
+        "platform",
+        "link",
+        "author",
+        "author_full_name",
+        "model",
+        "model_id",
+        "finish_reason",
+        "code",
+        "prompt_format",
+    }
+)
+"""drop_texts keeps string values only under these keys (ids, labels, filters): fail closed,
+so a text field added later is dropped rather than leaked."""
+
+_Path = tuple[str | int, ...]
+
+
+def _count_metric(name: str) -> None:
+    # Imported late: rag.observability builds the package's Metrics, which only the
+    # business Lambda's handler flushes; tests inject their own callback instead.
+    from rag.observability import metrics
+
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+
+
+def _default_logger() -> Logger:
+    from rag.observability import logger
+
+    return logger
+
+
+# ---------------------------------------------------------------------------------------------
+# Sinks
+
+
+class MemoryTraceSink:
+    """Keeps events in a list; for tests and for the local server's debug views."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.events.append(copy.deepcopy(dict(event)))
+
+
+class JsonlTraceSink:
+    """Local mode: one JSON line per event, appended under a lock (the local server is threaded)."""
+
+    def __init__(self, path: str | Path, *, logger: Logger | None = None) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._logger = logger or _default_logger()
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        line = json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
+        try:
+            with self._lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as file:
+                    file.write(line)
+        except OSError as exc:
+            self._logger.warning(
+                "trace event not written",
+                extra={"sink": "jsonl", "path": str(self.path), "error_type": type(exc).__name__},
+            )
+
+
+class FanoutSink:
+    """Sends every event to each sink in turn (local mode: JSONL file + Opik direct)."""
+
+    def __init__(self, *sinks: TraceSink, logger: Logger | None = None) -> None:
+        self.sinks = sinks
+        self._logger = logger or _default_logger()
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        for sink in self.sinks:
+            try:
+                sink.send(event)
+            except Exception as exc:  # a sink breaking its contract must not starve the others
+                self._logger.warning(
+                    "trace sink raised",
+                    extra={"sink": type(sink).__name__, "error_type": type(exc).__name__},
+                )
+
+
+class SqsTraceSink:
+    """Sends each event as one SQS message; the forwarder Lambda takes it on to Opik.
+
+    Events above `max_bytes` are trimmed (see `trim_event`), never dropped. A failing SQS is
+    logged (without event content) and counted as `trace_send_failed`; the request goes on.
+    """
+
+    def __init__(
+        self,
+        queue_url: str,
+        *,
+        client: Any = None,
+        max_bytes: int = SQS_MAX_MESSAGE_BYTES,
+        count_metric: MetricCallback | None = None,
+        logger: Logger | None = None,
+    ) -> None:
+        self.queue_url = queue_url
+        self.max_bytes = max_bytes
+        self._client = client or boto3.client(
+            "sqs",
+            config=Config(
+                connect_timeout=SQS_CONNECT_TIMEOUT_S,
+                read_timeout=SQS_READ_TIMEOUT_S,
+                retries={"max_attempts": SQS_MAX_ATTEMPTS, "mode": "standard"},
+            ),
+        )
+        self._count = count_metric or _count_metric
+        self._logger = logger or _default_logger()
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        trace_id = event.get("trace_id")
+        try:
+            body, trimmed = encode_for_sqs(event, self.max_bytes)
+            if trimmed:
+                self._count(METRIC_TRIMMED)
+                self._logger.info(
+                    "trace event trimmed to fit SQS",
+                    extra={"trace_id": trace_id, "trimmed_fields": len(trimmed)},
+                )
+            self._client.send_message(QueueUrl=self.queue_url, MessageBody=body)
+        except Exception as exc:  # any failure here must not reach the answer
+            self._count(METRIC_SEND_FAILED)
+            self._logger.warning(
+                "trace event not sent to SQS",
+                extra={
+                    "trace_id": trace_id,
+                    "error_type": type(exc).__name__,
+                    "error_code": _aws_error_code(exc),
+                },
+            )
+
+
+class PolicySink:
+    """Applies the trace settings, sampling then redaction, before the inner sink sees an event."""
+
+    def __init__(
+        self,
+        inner: TraceSink,
+        *,
+        sample_rate: float,
+        redaction: Redaction,
+        rng: random.Random | None = None,
+        count_metric: MetricCallback | None = None,
+    ) -> None:
+        if not 0 <= sample_rate <= 1:
+            raise ValueError(f"sample_rate must be within 0..1, got {sample_rate}")
+        if redaction not in ("none", "hash_query", "drop_texts"):
+            raise ValueError(f"redaction must be none, hash_query or drop_texts, got {redaction!r}")
+        self.inner = inner
+        self.sample_rate = sample_rate
+        self.redaction = redaction
+        self._rng = rng or random.Random()
+        self._count = count_metric or _count_metric
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        if not _has_error(event) and self._rng.random() >= self.sample_rate:
+            self._count(METRIC_SAMPLED_OUT)
+            return
+        out = copy.deepcopy(dict(event))
+        if not isinstance(out.get("metadata"), dict):
+            out["metadata"] = {}
+        metadata = out["metadata"]
+        # The sampling weight lets a reader of Opik scale counts back up.
+        metadata["sample_rate"] = self.sample_rate
+        if self.redaction != "none":
+            metadata["redaction"] = self.redaction
+        if self.redaction == "hash_query":
+            hash_query(out)
+        elif self.redaction == "drop_texts":
+            drop_texts(out)
+        self.inner.send(out)
+
+
+def build_sink(
+    *,
+    queue_url: str | None,
+    trace_file: str | None,
+    sample_rate: float,
+    redaction: Redaction,
+    sqs_client: Any = None,
+) -> TraceSink:
+    """The sink the settings ask for: SQS in AWS, a JSONL file locally, both if both are set."""
+    sinks: list[TraceSink] = []
+    if queue_url:
+        sinks.append(SqsTraceSink(queue_url, client=sqs_client))
+    if trace_file:
+        sinks.append(JsonlTraceSink(trace_file))
+    inner: TraceSink
+    if not sinks:
+        inner = _DiscardSink()
+    elif len(sinks) == 1:
+        inner = sinks[0]
+    else:
+        inner = FanoutSink(*sinks)
+    return PolicySink(inner, sample_rate=sample_rate, redaction=redaction)
+
+
+class _DiscardSink:
+    """No trace destination configured (e.g. a unit test of the pipeline): nothing to send."""
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Size: trim in a defined order until the message fits
+
+
+def encode_for_sqs(event: Mapping[str, Any], max_bytes: int) -> tuple[str, list[str]]:
+    """The message body for `event`, trimmed to `max_bytes` when needed, and the trimmed paths."""
+    body = _dumps(event)
+    if len(body.encode("utf-8")) <= max_bytes:
+        return body, []
+    trimmed_event, trimmed = trim_event(event, max_bytes)
+    return _dumps(trimmed_event), trimmed
+
+
+def trim_event(event: Mapping[str, Any], max_bytes: int) -> tuple[dict[str, Any], list[str]]:
+    """Cut text fields, tier by tier, until the serialized event fits in `max_bytes`.
+
+    Tiers, in order: (1) span inputs/outputs and other output fields (retrieved context,
+    expanded queries, tool texts), (2) the prompt, (3) the answer, (4) the request input.
+    Within a tier every string is capped at the same length, the largest that fits, so the
+    result is deterministic and no one field is emptied while others stay whole. Each cut string
+    ends with `TRIM_MARKER`, and `metadata.trimmed` lists the cut fields.
+    Raises ValueError if the event cannot fit even with every text cut to its marker.
+    """
+    work = copy.deepcopy(dict(event))
+    if not isinstance(work.get("metadata"), dict):
+        work["metadata"] = {}
+    trimmed: list[str] = []
+    for tier in _tiers(work):
+        leaves = [(path, value) for path, value in tier if len(value) > 0]
+        if not leaves:
+            continue
+        if _fits(_with_cap(work, leaves, None, trimmed), max_bytes):
+            return _with_cap(work, leaves, None, trimmed), trimmed
+        longest = max(len(value) for _, value in leaves)
+        low, high = 0, longest
+        if not _fits(_with_cap(work, leaves, 0, trimmed), max_bytes):
+            work = _with_cap(work, leaves, 0, trimmed)
+            trimmed = list(work["metadata"]["trimmed"])
+            continue
+        while low < high:  # the largest cap that fits
+            mid = (low + high + 1) // 2
+            if _fits(_with_cap(work, leaves, mid, trimmed), max_bytes):
+                low = mid
+            else:
+                high = mid - 1
+        result = _with_cap(work, leaves, low, trimmed)
+        return result, list(result["metadata"]["trimmed"])
+    if _fits(work, max_bytes):
+        return work, trimmed
+    raise ValueError(f"trace event does not fit in {max_bytes} bytes even with every text cut")
+
+
+def _tiers(event: dict[str, Any]) -> list[list[tuple[_Path, str]]]:
+    prompt_spans = {name: field for name, field in PROMPT_FIELDS}
+    answer_spans = {name: field for name, field in ANSWER_FIELDS}
+    context: list[tuple[_Path, str]] = []
+    prompt: list[tuple[_Path, str]] = []
+    answer: list[tuple[_Path, str]] = []
+    for index, span in enumerate(event.get("spans") or []):
+        name = span.get("name")
+        for key in SPAN_KEYS:
+            leaves = list(_string_leaves(span.get(key), ("spans", index, key)))
+            if prompt_spans.get(name) == key:
+                prompt.extend(leaves)
+            elif answer_spans.get(name) == key:
+                answer.extend(leaves)
+            else:
+                context.extend(leaves)
+    output = event.get("output")
+    if isinstance(output, dict):
+        for key, value in output.items():
+            leaves = list(_string_leaves(value, ("output", key)))
+            (answer if key == "answer" else context).extend(leaves)
+    request_input = list(_string_leaves(event.get("input"), ("input",)))
+    return [context, prompt, answer, request_input]
+
+
+def _string_leaves(value: Any, path: _Path) -> Iterator[tuple[_Path, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _string_leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _string_leaves(item, (*path, index))
+
+
+def _with_cap(
+    event: dict[str, Any], leaves: list[tuple[_Path, str]], cap: int | None, trimmed: list[str]
+) -> dict[str, Any]:
+    """A copy of `event` with every leaf longer than `cap` cut to `cap` chars plus the marker."""
+    out = copy.deepcopy(event)
+    paths = list(trimmed)
+    if cap is not None:
+        for path, value in leaves:
+            cut = value[:cap] + TRIM_MARKER.format(n=len(value) - cap)
+            if len(cut) < len(value):  # a short string would only grow by the marker
+                _set(out, path, cut)
+                paths.append(_path_name(event, path))
+    if paths:
+        out["metadata"]["trimmed"] = paths
+    return out
+
+
+def _set(root: Any, path: _Path, value: str) -> None:
+    node = root
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+
+
+def _path_name(event: Mapping[str, Any], path: _Path) -> str:
+    """`spans.search.output.chunks.0.content`: span named rather than numbered, for readers."""
+    parts: list[str] = []
+    for position, key in enumerate(path):
+        if position == 1 and path[0] == "spans" and isinstance(key, int):
+            parts.append(str(event["spans"][key].get("name", key)))
+        else:
+            parts.append(str(key))
+    return ".".join(parts)
+
+
+def _fits(event: Mapping[str, Any], max_bytes: int) -> bool:
+    return len(_dumps(event).encode("utf-8")) <= max_bytes
+
+
+def _dumps(event: Mapping[str, Any]) -> str:
+    # ensure_ascii=False: SQS counts UTF-8 bytes, and \uXXXX escapes would cost up to 6 per char.
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy helpers
+
+
+def _has_error(event: Mapping[str, Any]) -> bool:
+    if event.get("error"):
+        return True
+    return any(span.get("error") for span in event.get("spans") or [])
+
+
+def query_digest(query: str) -> str:
+    return "sha256:" + hashlib.sha256(query.encode("utf-8")).hexdigest()
+
+
+def hash_query(event: dict[str, Any]) -> None:
+    """Replace the user's query with its sha256 in the input and in every span input.
+
+    Values under query keys (`query`, `queries`, `expanded_queries`) are hashed one by one (the
+    expanded queries are paraphrases of the user's words); any other string that contains the
+    query verbatim, such as an assembled prompt, has that occurrence replaced by the digest.
+    """
+    request_input = event.get("input") or {}
+    query = request_input.get("query")
+    if not isinstance(query, str) or not query:
+        return
+    digest = query_digest(query)
+    event["input"] = _hash_in(request_input, query, digest)
+    for span in event.get("spans") or []:
+        if "input" in span:
+            span["input"] = _hash_in(span["input"], query, digest)
+
+
+def _hash_in(value: Any, query: str, digest: str, *, under_query_key: bool = False) -> Any:
+    if isinstance(value, str):
+        if under_query_key:
+            return digest if value == query else query_digest(value)
+        return value.replace(query, digest)
+    if isinstance(value, dict):
+        return {
+            key: _hash_in(item, query, digest, under_query_key=key in QUERY_KEYS)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_hash_in(item, query, digest, under_query_key=under_query_key) for item in value]
+    return value
+
+
+def drop_texts(event: dict[str, Any]) -> None:
+    """Remove query, context, prompt and answer texts; keep ids, scores, timings and usage."""
+    for key in ("input", "output"):
+        if key in event:
+            event[key] = _drop_in(event[key])
+    for span in event.get("spans") or []:
+        for key in SPAN_KEYS:
+            if key in span:
+                span[key] = _drop_in(span[key])
+
+
+def _drop_in(value: Any, key: str | None = None) -> Any:
+    if isinstance(value, str):
+        return value if key in KEPT_TEXT_KEYS else None
+    if isinstance(value, dict):
+        kept = {k: _drop_in(item, k) for k, item in value.items()}
+        return {k: item for k, item in kept.items() if item is not None or value[k] is None}
+    if isinstance(value, list):
+        items = [_drop_in(item, key) for item in value]
+        return [item for item in items if item is not None]
+    return value
+
+
+def _aws_error_code(exc: Exception) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return str(code) if code is not None else None
+    return None
