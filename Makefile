@@ -11,7 +11,7 @@ CDK_CONTEXT := $(if $(MODEL),-c model=$(MODEL),)
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONPATH := $(CURDIR)/lambda_src:$(CURDIR)
 
-.PHONY: help install test lint unit synth synth-offline deploy destroy preflight cost pin local ingest \
+.PHONY: help install test lint unit synth synth-offline package deploy destroy preflight cost pin local ingest \
         models bench bench-baseline e2e clean
 
 help: ## list the targets
@@ -40,18 +40,24 @@ unit: install ## the test suite only
 synth-offline: install ## cdk synth through the pinned CLI with no network and no credentials
 	env -u AWS_PROFILE -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY AWS_EC2_METADATA_DISABLED=true \
 	  unshare -rn $(CDK) synth --quiet --no-notices --no-version-reporting $(CDK_CONTEXT) \
-	  -c aws:cdk:bundling-stacks=[] -o build/cdk.out.offline
+	  -c bundle=false -o build/cdk.out.offline
 
 test: install lint unit synth-offline ## lint, every test, and an offline synth
 
-synth: install ## write the CloudFormation templates to cdk.out
+synth: install ## write the CloudFormation templates to cdk.out (no bundling: templates only)
+	$(CDK) synth --quiet --no-notices $(CDK_CONTEXT) -c bundle=false
+	@echo "templates in cdk.out/ (Lambda and model assets are bundled by make package / make deploy)"
+
+package: install models ## synth with the real Lambda bundles and the model asset (needs PyPI)
 	$(CDK) synth --quiet --no-notices $(CDK_CONTEXT)
-	@echo "templates in cdk.out/"
+
+models: install ## download the pinned embedding and reranker models (Hugging Face Hub)
+	$(PY) -m tools.fetch_models
 
 preflight: install ## check quota, model access and fit, Qdrant before a deploy
 	$(PY) -m tools.preflight $(if $(MODEL),--model $(MODEL),)
 
-deploy: install ## preflight, then deploy every stack (SKIP_PREFLIGHT=1 to bypass)
+deploy: install models ## preflight, then deploy every stack (SKIP_PREFLIGHT=1 to bypass)
 	@if [ -z "$(SKIP_PREFLIGHT)" ]; then $(MAKE) --no-print-directory preflight; fi
 	$(CDK) deploy --all --require-approval never --no-notices $(CDK_CONTEXT) --outputs-file build/outputs.json
 	@$(PY) -m tools.print_outputs build/outputs.json

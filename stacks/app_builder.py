@@ -6,6 +6,7 @@ import aws_cdk as cdk
 from aws_cdk import Tags, Validations
 from cdk_nag import AwsSolutionsChecks
 
+from stacks.api_stack import RagApiStack
 from stacks.config import DeploymentConfig, load_deployment_config, load_model_config
 from stacks.endpoint_stack import LlmEndpointStack
 
@@ -20,6 +21,10 @@ def _environment(app: cdk.App) -> cdk.Environment | None:
 
 
 def build_app(app: cdk.App) -> dict[str, cdk.Stack]:
+    if str(app.node.try_get_context("bundle")).lower() == "false":
+        # Templates only (make synth, tests): no pip, no model download. The CLI forbids users
+        # to pass CDK's own `aws:` context, so this app-level switch sets it.
+        app.node.set_context("aws:cdk:bundling-stacks", [])
     deployment: DeploymentConfig = load_deployment_config(_context(app))
     model = load_model_config(deployment.model)
     env = _environment(app)
@@ -33,7 +38,15 @@ def build_app(app: cdk.App) -> dict[str, cdk.Stack]:
         description=f"{deployment.project}: {model.hf_model_id} on TGI {model.tgi_version}, "
         f"{model.instance_type} (SageMaker inference component)",
     )
-    stacks: dict[str, cdk.Stack] = {"endpoint": endpoint}
+    api = RagApiStack(
+        app,
+        deployment.stack_name("api"),
+        model=model,
+        deployment=deployment,
+        env=env,
+        description=f"{deployment.project}: RAG API (API Gateway + Lambda), traces to Opik, monitoring",
+    )
+    stacks: dict[str, cdk.Stack] = {"endpoint": endpoint, "api": api}
 
     Tags.of(app).add("project", deployment.project)
     Tags.of(app).add("model", model.name)

@@ -9,7 +9,7 @@ from constructs import Construct
 
 from stacks.config import DeploymentConfig, ModelConfig
 from stacks.constructs.tgi_endpoint import TgiEndpoint
-from stacks.nag import acknowledge
+from stacks.nag import acknowledge, rendered
 
 
 class LlmEndpointStack(Stack):
@@ -23,7 +23,13 @@ class LlmEndpointStack(Stack):
         **kwargs: Any,
     ):
         super().__init__(scope, construct_id, **kwargs)
-        self.endpoint = TgiEndpoint(self, "Tgi", config=model, project=deployment.project)
+        self.endpoint = TgiEndpoint(
+            self,
+            "Tgi",
+            config=model,
+            project=deployment.project,
+            release_when_idle=deployment.idle_scale_to_zero,
+        )
 
         CfnOutput(self, "EndpointName", value=self.endpoint.endpoint_name)
         CfnOutput(self, "InferenceComponentName", value=self.endpoint.inference_component_name)
@@ -34,7 +40,6 @@ class LlmEndpointStack(Stack):
 
 def _acknowledge(endpoint: TgiEndpoint) -> None:
     policy = endpoint.role.node.find_child("DefaultPolicy")
-    log_group_id = Stack.of(endpoint).resolve(endpoint.log_group.node.default_child.logical_id)  # type: ignore[union-attr]
     acknowledge(
         policy,
         "AwsSolutions-IAM5[Resource::*]",
@@ -46,6 +51,6 @@ def _acknowledge(endpoint: TgiEndpoint) -> None:
     )
     acknowledge(
         policy,
-        f"AwsSolutions-IAM5[Resource::<{log_group_id}.Arn>:log-stream:*]",
+        f"AwsSolutions-IAM5[Resource::{rendered(endpoint, f'{endpoint.log_group.log_group_arn}:log-stream:*')}]",
         "Log streams are created by the container at run time inside this endpoint's own log group.",
     )

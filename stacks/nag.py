@@ -18,3 +18,23 @@ def acknowledge(scope: IConstruct, rule_id: str, reason: str) -> None:
         raise ValueError(f"acknowledgement of {rule_id} needs a real reason, got {reason!r}")
     pack = rule_id.split("-", 1)[0]
     Validations.of(scope).acknowledge(Acknowledgment(id=f"{pack}::{rule_id}", reason=reason))
+
+
+def rendered(scope: IConstruct, value: str) -> str:
+    """A (possibly tokenized) string as cdk-nag writes it in finding ids: `{"Ref": "X"}` becomes
+    `<X>`, `Fn::GetAtt [X, Y]` becomes `<X.Y>`, joins are concatenated."""
+    from aws_cdk import Stack
+
+    def render(node: object) -> str:
+        if isinstance(node, str):
+            return node
+        if isinstance(node, dict) and "Ref" in node:
+            return f"<{node['Ref']}>"
+        if isinstance(node, dict) and "Fn::GetAtt" in node:
+            return f"<{'.'.join(node['Fn::GetAtt'])}>"
+        if isinstance(node, dict) and "Fn::Join" in node:
+            separator, parts = node["Fn::Join"]
+            return str(separator).join(render(p) for p in parts)
+        raise ValueError(f"cannot render {node!r} as a nag finding id")
+
+    return render(Stack.of(scope).resolve(value))

@@ -9,6 +9,7 @@ CloudFormation tokens, so other stacks can address the endpoint without a cross-
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from aws_cdk import CfnMapping, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_applicationautoscaling as appscaling
@@ -36,15 +37,72 @@ def resource_name(*parts: str, max_len: int = 63) -> str:
     return name[:max_len].rstrip("-")
 
 
+@dataclass(frozen=True)
+class TgiEndpointRef:
+    """The endpoint as other stacks see it: names derived from the config, ARNs formatted in the
+    caller's stack (no cross-stack export, so the GPU stack can be destroyed first)."""
+
+    endpoint_name: str
+    inference_component_name: str
+
+    @classmethod
+    def for_model(cls, config: ModelConfig, project: str) -> TgiEndpointRef:
+        return cls(
+            endpoint_name=resource_name(project, config.name),
+            inference_component_name=resource_name(project, config.name, "ic"),
+        )
+
+    def arns(self, scope: Construct) -> list[str]:
+        stack = Stack.of(scope)
+        return [
+            stack.format_arn(
+                service="sagemaker", resource="endpoint", resource_name=self.endpoint_name
+            ),
+            stack.format_arn(
+                service="sagemaker",
+                resource="inference-component",
+                resource_name=self.inference_component_name,
+            ),
+        ]
+
+    def grant_invoke(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Allow invoking exactly this endpoint's inference component."""
+        return iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["sagemaker:InvokeEndpoint"],
+            resource_arns=self.arns(_construct(grantee)),
+        )
+
+
+def _construct(grantee: iam.IGrantable) -> Construct:
+    if not isinstance(grantee, Construct):
+        raise TypeError(
+            "grant_invoke needs a construct (e.g. a Function) to format ARNs in its stack"
+        )
+    return grantee
+
+
 class TgiEndpoint(Construct):
     """TGI container + endpoint config + endpoint + inference component + its scaling."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, config: ModelConfig, project: str):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: ModelConfig,
+        project: str,
+        release_when_idle: bool = False,
+    ):
+        """`release_when_idle`: an always-on endpoint whose idle guard may set its copies to zero
+        (stacks.constructs.cost_guard): the instance must then be releasable, and a request
+        must bring a copy back, exactly as in scale_to_zero mode."""
         super().__init__(scope, construct_id)
         self.config = config
-        self.endpoint_name = resource_name(project, config.name)
-        self.inference_component_name = resource_name(project, config.name, "ic")
-        stack = Stack.of(self)
+        self.can_reach_zero = config.scaling.mode == "scale_to_zero" or release_when_idle
+        self.ref = TgiEndpointRef.for_model(config, project)
+        self.endpoint_name = self.ref.endpoint_name
+        self.inference_component_name = self.ref.inference_component_name
 
         image = self._image_uri(config.tgi_version)
         self.log_group = log_group = logs.LogGroup(
@@ -89,7 +147,9 @@ class TgiEndpoint(Construct):
                     initial_instance_count=max(1, scaling.effective_min_copies),
                     managed_instance_scaling=sagemaker.CfnEndpointConfig.ManagedInstanceScalingProperty(
                         status="ENABLED",
-                        min_instance_count=scaling.effective_min_copies,
+                        min_instance_count=0
+                        if self.can_reach_zero
+                        else scaling.effective_min_copies,
                         max_instance_count=scaling.max_copies,
                     ),
                     routing_config=sagemaker.CfnEndpointConfig.RoutingConfigProperty(
@@ -133,14 +193,6 @@ class TgiEndpoint(Construct):
                 # the model loads, and auto scaling releases the GPU after the idle period.
                 copy_count=max(1, scaling.effective_min_copies)
             ),
-        )
-        self.endpoint_arn = stack.format_arn(
-            service="sagemaker", resource="endpoint", resource_name=self.endpoint_name
-        )
-        self.inference_component_arn = stack.format_arn(
-            service="sagemaker",
-            resource="inference-component",
-            resource_name=self.inference_component_name,
         )
         self._scaling(component)
 
@@ -225,7 +277,7 @@ class TgiEndpoint(Construct):
             scale_out_cooldown=Duration.seconds(scaling.scale_out_cooldown_s),
         )
         self.scalable_target = target
-        if scaling.mode != "scale_to_zero":
+        if not self.can_reach_zero:
             return
         # At zero copies target tracking has no per-copy metric to act on; requests that find
         # no capacity are counted instead, and one of them is enough to bring a copy back.
@@ -259,9 +311,4 @@ class TgiEndpoint(Construct):
         self.no_capacity_alarm = alarm
 
     def grant_invoke(self, grantee: iam.IGrantable) -> iam.Grant:
-        """Allow invoking exactly this endpoint's inference component."""
-        return iam.Grant.add_to_principal(
-            grantee=grantee,
-            actions=["sagemaker:InvokeEndpoint"],
-            resource_arns=[self.endpoint_arn, self.inference_component_arn],
-        )
+        return self.ref.grant_invoke(grantee)

@@ -1,0 +1,180 @@
+"""Lambda code and model assets, bundled on the deployer's machine (no Docker).
+
+Dependencies come as manylinux wheels for the Lambda runtime's Python and architecture
+(`pip --platform ... --only-binary=:all:`), so what is bundled is what Lambda runs whatever the
+build machine is. boto3/botocore come with the Lambda runtime and are removed from the bundle.
+Byte code is compiled with the runtime's own Python when this machine has it, so the first
+import in Lambda does not pay for compilation (and cannot: the code directory is read-only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsii
+from aws_cdk import BundlingOptions, DockerImage, ILocalBundling
+
+REPO = Path(__file__).resolve().parent.parent
+LAMBDA_SRC = REPO / "lambda_src"
+RUNTIME_PYTHON = "3.13"
+PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
+# Provided by the Lambda Python runtime; bundling them only adds size (and version skew).
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
+_UNUSED_AT_RUNTIME = ("__pycache__", "tests", "*.dist-info/RECORD")
+
+
+def pip_target_command(
+    requirements: Path, target: Path, *, no_deps: bool = False, python_version: str = RUNTIME_PYTHON
+) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--requirement",
+        str(requirements),
+        "--target",
+        str(target),
+        "--implementation",
+        "cp",
+        "--python-version",
+        python_version,
+        "--only-binary=:all:",
+        "--no-compile",
+        "--upgrade",
+    ]
+    for platform in PLATFORMS:
+        command += ["--platform", platform]
+    if no_deps:
+        command.append("--no-deps")
+    return command
+
+
+def compile_bytecode(target: Path, python_version: str = RUNTIME_PYTHON) -> bool:
+    """Compile with the runtime's Python if it is on PATH; report whether it was."""
+    interpreter = shutil.which(f"python{python_version}")
+    if interpreter is None:
+        print(f"bundling: python{python_version} not found, shipping sources only", file=sys.stderr)
+        return False
+    subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [
+            interpreter,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            str(target),
+        ],
+        check=True,
+    )
+    return True
+
+
+def remove_runtime_provided(target: Path) -> None:
+    for name in RUNTIME_PROVIDED:
+        for path in [*target.glob(name), *target.glob(f"{name}-*.dist-info")]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def directory_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@dataclass(frozen=True)
+class PythonBundle:
+    """One Lambda's bundle: its runtime requirements plus its own packages from lambda_src/."""
+
+    requirements: Path
+    packages: Sequence[str]
+    no_deps: bool = False
+
+    def build(self, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        print(
+            f"bundling {', '.join(self.packages)}: pip install -r {self.requirements.name}",
+            file=sys.stderr,
+        )
+        subprocess.run(  # noqa: S603 - fixed argv, no shell
+            pip_target_command(self.requirements, target, no_deps=self.no_deps), check=True
+        )
+        remove_runtime_provided(target)
+        for package in self.packages:
+            shutil.copytree(
+                LAMBDA_SRC / package,
+                target / package,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            )
+        compile_bytecode(target)
+        print(f"bundled {directory_size(target) / 1e6:.1f} MB unzipped", file=sys.stderr)
+
+    def options(self) -> BundlingOptions:
+        return BundlingOptions(
+            # Never used: local bundling always succeeds or raises. CDK requires an image.
+            image=DockerImage.from_registry("unused-local-bundling-only"),
+            local=_LocalBundler(self),
+        )
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(self.requirements.read_bytes())
+        digest.update(json.dumps([self.packages, self.no_deps, RUNTIME_PYTHON, PLATFORMS]).encode())
+        for package in self.packages:
+            for path in sorted((LAMBDA_SRC / package).rglob("*.py")):
+                digest.update(str(path.relative_to(LAMBDA_SRC)).encode())
+                digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """The embedding and reranker model folders, zipped into one asset loaded at Lambda init."""
+
+    embedding_dir: Path
+    reranker_dir: Path
+
+    def build(self, target: Path) -> None:
+        for name, source in (("embedding", self.embedding_dir), ("reranker", self.reranker_dir)):
+            if not source.is_dir():
+                raise FileNotFoundError(
+                    f"model folder {source} is missing: run `make models` (downloads the pinned "
+                    f"models from the Hugging Face Hub) or set -c {name}_model_dir=<folder>"
+                )
+            shutil.copytree(source, target / name, dirs_exist_ok=True)
+
+    def options(self) -> BundlingOptions:
+        return BundlingOptions(
+            image=DockerImage.from_registry("unused-local-bundling-only"), local=_LocalBundler(self)
+        )
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for folder in (self.embedding_dir, self.reranker_dir):
+            for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+                if path.is_file():
+                    stat = path.stat()
+                    digest.update(
+                        f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+                    )
+        return digest.hexdigest()
+
+
+@jsii.implements(ILocalBundling)
+class _LocalBundler:
+    def __init__(self, bundle: PythonBundle | ModelBundle):
+        self._bundle = bundle
+
+    def try_bundle(self, output_dir: str, *, image: DockerImage, **_: object) -> bool:
+        self._bundle.build(Path(output_dir))
+        return True

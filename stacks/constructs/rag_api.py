@@ -1,0 +1,361 @@
+"""The business Lambda behind a regional REST API: API keys, throttling, body validation, logs.
+
+The request contract (DESIGN 3.1) is enforced twice on purpose: API Gateway rejects malformed
+bodies before a Lambda runs (and is billed), and the handler validates again with the same limits
+so local mode and direct invocations behave the same. Gateway errors are rewritten into the
+contract's JSON shape `{"error": {"code", "message"}}`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import AssetHashType, Duration, RemovalPolicy
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from stacks.bundling import LAMBDA_SRC, REPO, ModelBundle, PythonBundle
+from stacks.config import DeploymentConfig, ModelConfig
+from stacks.constructs.python_function import PythonFunction
+from stacks.constructs.tgi_endpoint import TgiEndpointRef
+from stacks.nag import acknowledge
+
+# Timeout budget (DESIGN 5): API Gateway 29 s > Lambda > SageMaker read timeout > generation.
+API_GATEWAY_TIMEOUT_S = 29
+LAMBDA_TIMEOUT_S = 28
+LLM_CONNECT_TIMEOUT_S = 1
+LLM_HELPER_TIMEOUT_S = 3  # self-query and expansion run concurrently, so this counts once
+LLM_READ_TIMEOUT_S = 16  # ~500 tokens at TGI's ~35 tokens/s for an 8B model on one A10G
+QDRANT_TIMEOUT_S = 2
+# 2048 MB gives Lambda ~1.2 vCPU: embedding + reranking dominate the warm overhead and scale
+# with CPU, and the two ONNX models and their arenas need ~600 MB resident.
+BUSINESS_MEMORY_MB = 2048
+ONNX_THREADS = 1
+MAX_BODY_BYTES = 16 * 1024
+STAGE = "v1"
+
+QUERY_SCHEMA = apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=2000)
+_COMMON_PROPERTIES = {
+    "query": QUERY_SCHEMA,
+    "k": apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER, minimum=1, maximum=20),
+    "author": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=200),
+    "expand": apigw.JsonSchema(type=apigw.JsonSchemaType.BOOLEAN),
+}
+
+# Gateway-made errors in the API's own error shape.
+_GATEWAY_ERRORS = {
+    apigw.ResponseType.BAD_REQUEST_BODY: (
+        "400",
+        "validation_error",
+        "$context.error.validationErrorString",
+    ),
+    apigw.ResponseType.BAD_REQUEST_PARAMETERS: (
+        "400",
+        "validation_error",
+        "$context.error.validationErrorString",
+    ),
+    apigw.ResponseType.INVALID_API_KEY: (
+        "403",
+        "forbidden",
+        "missing or invalid API key (x-api-key header)",
+    ),
+    apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN: (
+        "403",
+        "forbidden",
+        "missing or invalid API key (x-api-key header)",
+    ),
+    apigw.ResponseType.ACCESS_DENIED: ("403", "forbidden", "access denied"),
+    apigw.ResponseType.THROTTLED: ("429", "throttled", "too many requests, slow down"),
+    apigw.ResponseType.QUOTA_EXCEEDED: ("429", "quota_exceeded", "the API key's quota is used up"),
+    apigw.ResponseType.REQUEST_TOO_LARGE: ("413", "payload_too_large", "request body too large"),
+    apigw.ResponseType.UNSUPPORTED_MEDIA_TYPE: (
+        "415",
+        "unsupported_media_type",
+        "send application/json",
+    ),
+    apigw.ResponseType.INTEGRATION_TIMEOUT: (
+        "504",
+        "upstream_timeout",
+        "the request took too long",
+    ),
+    apigw.ResponseType.DEFAULT_4_XX: (None, "bad_request", "$context.error.messageString"),
+    apigw.ResponseType.DEFAULT_5_XX: (None, "internal_error", "the service failed; try again"),
+}
+
+
+@dataclass(frozen=True)
+class QdrantConnection:
+    url: str | None
+    secret: secretsmanager.ISecret
+
+
+class RagApi(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        endpoint: TgiEndpointRef,
+        model: ModelConfig,
+        deployment: DeploymentConfig,
+        trace_queue: sqs.IQueue,
+        vpc: ec2.IVpc | None = None,
+    ):
+        super().__init__(scope, construct_id)
+        project = deployment.project
+        self.qdrant = self._qdrant(deployment)
+        models = ModelBundle(
+            embedding_dir=_path(deployment.embedding_model_dir, "build/models/embedding"),
+            reranker_dir=_path(deployment.reranker_model_dir, "build/models/reranker"),
+        )
+        self.model_asset = s3_assets.Asset(
+            self,
+            "Models",
+            path=str(LAMBDA_SRC),  # ignored: the asset is the bundler's output
+            bundling=models.options(),
+            asset_hash_type=AssetHashType.CUSTOM,
+            asset_hash=models.fingerprint(),
+        )
+        environment = {
+            "MODEL_PROFILE": model.runtime_profile_json(),
+            "LLM_ENDPOINT": endpoint.endpoint_name,
+            "LLM_INFERENCE_COMPONENT": endpoint.inference_component_name,
+            "LLM_CONNECT_TIMEOUT_S": str(LLM_CONNECT_TIMEOUT_S),
+            "LLM_HELPER_TIMEOUT_S": str(LLM_HELPER_TIMEOUT_S),
+            "LLM_READ_TIMEOUT_S": str(LLM_READ_TIMEOUT_S),
+            "QDRANT_API_KEY_SECRET": self.qdrant.secret.secret_arn,
+            "QDRANT_TIMEOUT_S": str(QDRANT_TIMEOUT_S),
+            "MODEL_ASSET_S3_URI": self.model_asset.s3_object_url,
+            "TRACE_QUEUE_URL": trace_queue.queue_url,
+            "TRACE_SAMPLE_RATE": str(deployment.trace_sample_rate),
+            "TRACE_REDACTION": deployment.trace_redaction,
+            "ORT_THREADS": str(ONNX_THREADS),
+        }
+        if self.qdrant.url:
+            environment["QDRANT_URL"] = self.qdrant.url
+        self.business = PythonFunction(
+            self,
+            "Business",
+            function_name=f"{project}-rag",
+            description="RAG business layer: retrieve from Qdrant, prompt, generate on SageMaker",
+            bundle=PythonBundle(
+                requirements=LAMBDA_SRC / "requirements.txt", packages=("rag", "handlers")
+            ),
+            handler="handlers.business.lambda_handler",
+            memory_mb=BUSINESS_MEMORY_MB,
+            timeout=Duration.seconds(LAMBDA_TIMEOUT_S),
+            environment=environment,
+            service_name="rag",
+            reserved_concurrency=deployment.lambda_reserved_concurrency,
+            vpc=vpc,
+        )
+        function = self.business.function
+        endpoint.grant_invoke(function)
+        self.qdrant.secret.grant_read(function)
+        trace_queue.grant_send_messages(function)
+        # Exactly the model archive, not the whole assets bucket.
+        function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"],
+                resources=[self.model_asset.bucket.arn_for_objects(self.model_asset.s3_object_key)],
+            )
+        )
+        self.api = self._rest_api(function, deployment)
+
+    def _qdrant(self, deployment: DeploymentConfig) -> QdrantConnection:
+        if deployment.qdrant_api_key_secret_name:
+            secret = secretsmanager.Secret.from_secret_name_v2(
+                self, "QdrantApiKey", deployment.qdrant_api_key_secret_name
+            )
+        else:
+            created = secretsmanager.Secret(
+                self,
+                "QdrantApiKey",
+                secret_name=f"{deployment.project}/qdrant-api-key",
+                description="Qdrant API key: replace the generated placeholder with your key",
+                removal_policy=RemovalPolicy.DESTROY,
+            )
+            acknowledge(
+                created,
+                "AwsSolutions-SMG4",
+                "A Qdrant API key is issued and rotated in Qdrant (Cloud console or its config); "
+                "Secrets Manager cannot rotate it, the operator updates the value.",
+            )
+            secret = created
+        return QdrantConnection(url=deployment.qdrant_url, secret=secret)
+
+    def _rest_api(self, function: object, deployment: DeploymentConfig) -> apigw.RestApi:
+        access_logs = logs.LogGroup(
+            self,
+            "AccessLogs",
+            log_group_name=f"/aws/apigateway/{deployment.project}-api",
+            retention=logs.RetentionDays.ONE_MONTH,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        cors = (
+            apigw.CorsOptions(
+                allow_origins=deployment.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Content-Type", "X-Api-Key"],
+            )
+            if deployment.cors_origins
+            else None
+        )
+        api = apigw.RestApi(
+            self,
+            "Api",
+            rest_api_name=f"{deployment.project}-api",
+            description="LLM twin RAG API",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            api_key_source_type=apigw.ApiKeySourceType.HEADER,
+            cloud_watch_role=True,
+            cloud_watch_role_removal_policy=RemovalPolicy.DESTROY,
+            default_cors_preflight_options=cors,
+            default_method_options=apigw.MethodOptions(api_key_required=True),
+            deploy_options=apigw.StageOptions(
+                stage_name=STAGE,
+                access_log_destination=apigw.LogGroupLogDestination(access_logs),
+                access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
+                    caller=False,
+                    http_method=True,
+                    ip=True,
+                    protocol=True,
+                    request_time=True,
+                    resource_path=True,
+                    response_length=True,
+                    status=True,
+                    user=False,
+                ),
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,  # would log request and response bodies
+                metrics_enabled=True,
+                tracing_enabled=True,
+                throttling_rate_limit=deployment.api_rate_limit_rps,
+                throttling_burst_limit=deployment.api_burst_limit,
+            ),
+        )
+        for response_type, (status, code, message) in _GATEWAY_ERRORS.items():
+            api.add_gateway_response(
+                f"Gw{response_type.response_type}",
+                type=response_type,
+                status_code=status,
+                response_headers={"Content-Type": "'application/json'"},
+                templates={
+                    "application/json": json.dumps({"error": {"code": code, "message": message}})
+                },
+            )
+
+        validator = api.add_request_validator(
+            "Body", validate_request_body=True, validate_request_parameters=True
+        )
+        rag_model = self._body_model(api, "RagRequest", with_generation=True)
+        retrieve_model = self._body_model(api, "RetrieveRequest", with_generation=False)
+        integration = apigw.LambdaIntegration(
+            function,  # type: ignore[arg-type]
+            timeout=Duration.seconds(API_GATEWAY_TIMEOUT_S),
+        )
+        for path, model in (("rag", rag_model), ("retrieve", retrieve_model)):
+            resource = api.root.add_resource(path)
+            resource.add_method(
+                "POST",
+                integration,
+                api_key_required=True,
+                request_validator=validator,
+                request_models={"application/json": model},
+            )
+            # Other methods reach the handler, which answers 405 with `Allow` like local mode.
+            resource.add_method("ANY", integration, api_key_required=True)
+        health = api.root.add_resource("health")
+        health.add_method("GET", integration, api_key_required=True)
+        health.add_method("ANY", integration, api_key_required=True)
+        # Unknown paths too: the handler's 404 is in the contract's shape.
+        api.root.add_proxy(default_integration=integration)
+
+        self.api_key = api.add_api_key("Key", api_key_name=f"{deployment.project}-key")
+        plan = api.add_usage_plan(
+            "Plan",
+            name=f"{deployment.project}-plan",
+            throttle=apigw.ThrottleSettings(
+                rate_limit=deployment.api_rate_limit_rps, burst_limit=deployment.api_burst_limit
+            ),
+            quota=apigw.QuotaSettings(limit=deployment.api_quota_per_day, period=apigw.Period.DAY),
+        )
+        plan.add_api_key(self.api_key)
+        plan.add_api_stage(stage=api.deployment_stage)
+        self._acknowledge_api(api)
+        return api
+
+    @staticmethod
+    def _body_model(api: apigw.RestApi, name: str, *, with_generation: bool) -> apigw.Model:
+        properties = dict(_COMMON_PROPERTIES)
+        properties["include_context"] = apigw.JsonSchema(type=apigw.JsonSchemaType.BOOLEAN)
+        if with_generation:
+            properties["generation"] = apigw.JsonSchema(
+                type=apigw.JsonSchemaType.OBJECT,
+                additional_properties=False,
+                properties={
+                    "max_new_tokens": apigw.JsonSchema(
+                        type=apigw.JsonSchemaType.INTEGER, minimum=1
+                    ),
+                    "temperature": apigw.JsonSchema(
+                        type=apigw.JsonSchemaType.NUMBER, minimum=0, maximum=2
+                    ),
+                    "top_p": apigw.JsonSchema(
+                        type=apigw.JsonSchemaType.NUMBER,
+                        exclusive_minimum=True,
+                        minimum=0,
+                        maximum=1,
+                    ),
+                },
+            )
+        return api.add_model(
+            name,
+            content_type="application/json",
+            model_name=name,
+            schema=apigw.JsonSchema(
+                schema=apigw.JsonSchemaVersion.DRAFT4,
+                type=apigw.JsonSchemaType.OBJECT,
+                required=["query"],
+                additional_properties=False,
+                properties=properties,
+            ),
+        )
+
+    def _acknowledge_api(self, api: apigw.RestApi) -> None:
+        acknowledge(
+            api.deployment_stage,
+            "AwsSolutions-APIG3",
+            "No WAF by default: every route needs an API key and is throttled by the stage and the "
+            "usage plan (rate, burst, daily quota); attach a web ACL to the stage if exposed widely.",
+        )
+        for method in api.methods:
+            acknowledge(
+                method,
+                "AwsSolutions-APIG4",
+                "Callers authenticate with an API key bound to a usage plan: the API serves "
+                "programs, not end users, so there is no IAM or Cognito authorizer.",
+            )
+            acknowledge(
+                method,
+                "AwsSolutions-COG4",
+                "Service-to-service API authenticated by API keys; no Cognito user pool by design.",
+            )
+        role = api.node.find_child("CloudWatchRole")
+        acknowledge(
+            role,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]",
+            "API Gateway's account-level logging role needs this AWS-managed policy to write "
+            "execution logs; it is the documented way to enable stage logging.",
+        )
+
+
+def _path(configured: str | None, default: str) -> Path:
+    return Path(configured) if configured else REPO / default

@@ -1,0 +1,249 @@
+"""The API stack: Lambda defaults, exact IAM, API Gateway contract, traces, alarms."""
+
+from __future__ import annotations
+
+import json
+
+from rag.llm import worst_case_call_s
+from stacks.constructs import rag_api
+from tests.infrastructure.helpers import as_list, one, resources
+
+OPIK = {"opik_api_key_secret_name": "llm-twin/opik", "opik_workspace": "team"}
+
+
+def _functions(template):
+    return {
+        r["Properties"]["FunctionName"]: r["Properties"]
+        for r in resources(template, "AWS::Lambda::Function")
+    }
+
+
+def _policy_of(template, function_name):
+    function = _functions(template)[function_name]
+    role_id = function["Role"]["Fn::GetAtt"][0]
+    statements = []
+    for res in resources(template, "AWS::IAM::Policy"):
+        if {"Ref": role_id} in res["Properties"]["Roles"]:
+            statements.extend(res["Properties"]["PolicyDocument"]["Statement"])
+    return statements
+
+
+def test_business_lambda_defaults(synth):
+    fn = _functions(synth()["api"])["llm-twin-rag"]
+    assert fn["Runtime"] == "python3.13"
+    assert fn["Architectures"] == ["x86_64"]
+    assert fn["MemorySize"] == 2048
+    assert fn["Timeout"] == 28
+    assert fn["TracingConfig"] == {"Mode": "Active"}
+    assert fn["LoggingConfig"]["LogFormat"] == "JSON"
+    assert fn["Handler"] == "handlers.business.lambda_handler"
+    assert "ReservedConcurrentExecutions" not in fn
+    limited = _functions(synth(lambda_reserved_concurrency="5")["api"])["llm-twin-rag"]
+    assert limited["ReservedConcurrentExecutions"] == 5
+
+
+def test_business_lambda_environment_carries_config_but_no_secret(synth):
+    env = _functions(synth()["api"])["llm-twin-rag"]["Environment"]["Variables"]
+    profile = json.loads(env["MODEL_PROFILE"])
+    assert profile["model_id"] == "mlabonne/TwinLlama-3.1-8B-DPO"
+    assert profile["prompt_format"] == "alpaca"
+    assert profile["max_input_tokens"] == 2048
+    assert env["LLM_ENDPOINT"] == "llm-twin-twin-llama-3-1-8b"
+    assert env["LLM_INFERENCE_COMPONENT"] == "llm-twin-twin-llama-3-1-8b-ic"
+    assert "QDRANT_API_KEY" not in env
+    assert "Ref" in json.dumps(env["QDRANT_API_KEY_SECRET"])  # an ARN reference, not a value
+    assert env["TRACE_SAMPLE_RATE"] == "1.0"
+    assert env["TRACE_REDACTION"] == "none"
+    assert "s3://" in json.dumps(env["MODEL_ASSET_S3_URI"])
+
+
+def test_timeout_budget_lines_up():
+    # DESIGN 5: API Gateway 29 s > Lambda > SageMaker read timeout > generation
+    worst_generation = worst_case_call_s(rag_api.LLM_CONNECT_TIMEOUT_S, rag_api.LLM_READ_TIMEOUT_S)
+    worst_request = rag_api.LLM_HELPER_TIMEOUT_S + rag_api.QDRANT_TIMEOUT_S + worst_generation
+    assert worst_request <= rag_api.LAMBDA_TIMEOUT_S < rag_api.API_GATEWAY_TIMEOUT_S
+    assert rag_api.API_GATEWAY_TIMEOUT_S == 29
+
+
+def test_business_role_is_scoped_to_exactly_its_endpoint_secret_queue_and_models(synth):
+    template = synth()["api"]
+    by_action: dict[str, list] = {}
+    for statement in _policy_of(template, "llm-twin-rag"):
+        for action in as_list(statement["Action"]):
+            by_action.setdefault(action, []).extend(as_list(statement["Resource"]))
+    invoke = json.dumps(by_action.pop("sagemaker:InvokeEndpoint"))
+    assert ":endpoint/llm-twin-twin-llama-3-1-8b" in invoke
+    assert ":inference-component/llm-twin-twin-llama-3-1-8b-ic" in invoke
+    secret_id = next(
+        k for k, v in template["Resources"].items() if v["Type"] == "AWS::SecretsManager::Secret"
+    )
+    assert by_action.pop("secretsmanager:GetSecretValue") == [{"Ref": secret_id}]
+    assert by_action.pop("secretsmanager:DescribeSecret") == [{"Ref": secret_id}]
+    queue_id = next(
+        k
+        for k, v in template["Resources"].items()
+        if v["Type"] == "AWS::SQS::Queue" and v["Properties"]["QueueName"] == "llm-twin-traces"
+    )
+    for action in ("sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"):
+        assert by_action.pop(action) == [{"Fn::GetAtt": [queue_id, "Arn"]}]
+    (model_object,) = by_action.pop("s3:GetObject")
+    assert ".zip" in json.dumps(model_object)  # exactly the model archive
+    assert by_action.pop("xray:PutTraceSegments") == ["*"]
+    assert by_action.pop("xray:PutTelemetryRecords") == ["*"]
+    logs = by_action.pop("logs:CreateLogStream") + by_action.pop("logs:PutLogEvents")
+    assert all("LogGroup" in json.dumps(r) or "Logs" in json.dumps(r) for r in logs)
+    assert by_action == {}, f"unexpected permissions: {sorted(by_action)}"
+
+
+def test_endpoint_is_referenced_by_name_not_by_export(synth):
+    for template in synth().values():
+        assert "Fn::ImportValue" not in json.dumps(template)
+        assert "Outputs" not in template or all(
+            "Export" not in o for o in template["Outputs"].values()
+        )
+
+
+def test_rest_api_requires_keys_validates_bodies_and_throttles(synth):
+    template = synth(api_rate_limit_rps="7", api_burst_limit="11", api_quota_per_day="300")["api"]
+    api = one(template, "AWS::ApiGateway::RestApi")
+    assert api["EndpointConfiguration"] == {"Types": ["REGIONAL"]}
+    methods = [r["Properties"] for r in resources(template, "AWS::ApiGateway::Method")]
+    assert all(m["ApiKeyRequired"] for m in methods if m["HttpMethod"] != "OPTIONS")
+    posts = [m for m in methods if m["HttpMethod"] == "POST"]
+    assert len(posts) == 2
+    assert all("RequestValidatorId" in m and "RequestModels" in m for m in posts)
+    models = {
+        r["Properties"]["Name"]: r["Properties"]["Schema"]
+        for r in resources(template, "AWS::ApiGateway::Model")
+    }
+    rag = models["RagRequest"]
+    assert rag["required"] == ["query"]
+    assert rag["additionalProperties"] is False
+    assert rag["properties"]["k"] == {"type": "integer", "minimum": 1, "maximum": 20}
+    assert "generation" not in models["RetrieveRequest"]["properties"]
+    plan = one(template, "AWS::ApiGateway::UsagePlan")
+    assert plan["Throttle"] == {"RateLimit": 7, "BurstLimit": 11}
+    assert plan["Quota"] == {"Limit": 300, "Period": "DAY"}
+    stage = one(template, "AWS::ApiGateway::Stage")
+    assert stage["AccessLogSetting"]["DestinationArn"]
+    settings = stage["MethodSettings"][0]
+    assert settings["MetricsEnabled"] is True
+    assert settings["DataTraceEnabled"] is False
+    assert (settings["ThrottlingRateLimit"], settings["ThrottlingBurstLimit"]) == (7, 11)
+
+
+def test_gateway_errors_use_the_contract_shape(synth):
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in resources(synth()["api"], "AWS::ApiGateway::GatewayResponse")
+    }
+    for kind, status in (
+        ("BAD_REQUEST_BODY", "400"),
+        ("THROTTLED", "429"),
+        ("REQUEST_TOO_LARGE", "413"),
+        ("UNSUPPORTED_MEDIA_TYPE", "415"),
+        ("INTEGRATION_TIMEOUT", "504"),
+        ("INVALID_API_KEY", "403"),
+    ):
+        body = json.loads(responses[kind]["ResponseTemplates"]["application/json"])
+        assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+        assert responses[kind]["StatusCode"] == status
+
+
+def test_cors_is_off_by_default_and_limited_to_configured_origins(synth):
+    methods = [r["Properties"] for r in resources(synth()["api"], "AWS::ApiGateway::Method")]
+    assert not [m for m in methods if m["HttpMethod"] == "OPTIONS"]
+    template = synth(cors_origins="https://app.example")["api"]
+    options = [
+        r["Properties"]
+        for r in resources(template, "AWS::ApiGateway::Method")
+        if r["Properties"]["HttpMethod"] == "OPTIONS"
+    ]
+    assert options
+    assert "https://app.example" in json.dumps(options[0]["Integration"])
+    assert "'*'" not in json.dumps(options[0]["Integration"]["IntegrationResponses"])
+
+
+def test_outputs_give_url_key_id_the_command_to_read_it_and_function(synth):
+    outputs = synth()["api"]["Outputs"]
+    assert {"ApiUrl", "ApiKeyId", "ApiKeyCommand", "FunctionName"} <= set(outputs)
+    command = json.dumps(outputs["ApiKeyCommand"]["Value"])
+    assert "aws apigateway get-api-key --api-key" in command and "--include-value" in command
+
+
+def test_qdrant_secret_is_created_or_referenced(synth):
+    created = synth()["api"]
+    assert one(created, "AWS::SecretsManager::Secret")["Name"] == "llm-twin/qdrant-api-key"
+    referenced = synth(
+        qdrant_api_key_secret_name="team/qdrant", qdrant_url="https://q.example:6333"
+    )["api"]
+    assert not resources(referenced, "AWS::SecretsManager::Secret")
+    env = _functions(referenced)["llm-twin-rag"]["Environment"]["Variables"]
+    assert env["QDRANT_URL"] == "https://q.example:6333"
+    assert "secret:team/qdrant" in json.dumps(env["QDRANT_API_KEY_SECRET"])
+
+
+def test_trace_queue_is_encrypted_with_a_dead_letter_queue_and_partial_batches(synth):
+    template = synth(**OPIK)["api"]
+    queues = {
+        r["Properties"]["QueueName"]: r["Properties"]
+        for r in resources(template, "AWS::SQS::Queue")
+    }
+    traces = queues["llm-twin-traces"]
+    assert traces["SqsManagedSseEnabled"] is True
+    assert traces["MaximumMessageSize"] == 1_048_576
+    assert traces["RedrivePolicy"]["maxReceiveCount"] == 5
+    assert queues["llm-twin-traces-dlq"]["SqsManagedSseEnabled"] is True
+    mapping = one(template, "AWS::Lambda::EventSourceMapping")
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["BatchSize"] == 10
+    forwarder = _functions(template)["llm-twin-trace-forwarder"]
+    env = forwarder["Environment"]["Variables"]
+    assert env["OPIK_API_KEY_SECRET"] == "llm-twin/opik"
+    assert env["OPIK_WORKSPACE"] == "team"
+    assert "OPIK_API_KEY" not in env
+    actions = {
+        a: s["Resource"]
+        for s in _policy_of(template, "llm-twin-trace-forwarder")
+        for a in as_list(s["Action"])
+    }
+    assert "llm-twin/opik" in json.dumps(actions["secretsmanager:GetSecretValue"])
+    assert "Traces" in json.dumps(actions["sqs:ReceiveMessage"])
+    assert "*" not in json.dumps(actions["sqs:DeleteMessage"])
+
+
+def test_alarms_and_dashboard_an_on_call_person_needs(synth):
+    template = synth(alarm_email="oncall@example.com")["api"]
+    alarms = {
+        r["Properties"]["AlarmName"]: r["Properties"]
+        for r in resources(template, "AWS::CloudWatch::Alarm")
+    }
+    for name in (
+        "api-5xx-rate",
+        "api-p99-latency",
+        "rag-errors",
+        "rag-throttles",
+        "endpoint-invocation-errors",
+        "endpoint-gpu-memory",
+        "trace-queue-age",
+        "trace-dlq-not-empty",
+        "forwarder-errors",
+    ):
+        assert f"llm-twin-{name}" in alarms, name
+        assert alarms[f"llm-twin-{name}"]["AlarmActions"]
+    dlq = alarms["llm-twin-trace-dlq-not-empty"]
+    assert dlq["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert dlq["Threshold"] == 1
+    subscription = one(template, "AWS::SNS::Subscription")
+    assert subscription == {**subscription, "Protocol": "email", "Endpoint": "oncall@example.com"}
+    body = json.dumps(one(template, "AWS::CloudWatch::Dashboard")["DashboardBody"])
+    for metric in (
+        "5XXError",
+        "ModelLatency",
+        "NoCapacityInvocationFailures",
+        "GPUMemoryUtilizationNormalized",
+        "ApproximateAgeOfOldestMessage",
+        "Throttles",
+        "Duration",
+    ):
+        assert metric in body, metric
