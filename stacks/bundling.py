@@ -59,11 +59,30 @@ def pip_target_command(
     return command
 
 
+def runtime_interpreter(python_version: str = RUNTIME_PYTHON) -> str | None:
+    """A working `python<version>`: on PATH, or installed by pyenv but not activated."""
+    candidates = [shutil.which(f"python{python_version}")]
+    candidates += sorted(
+        str(p)
+        for p in Path.home().glob(f".pyenv/versions/{python_version}*/bin/python{python_version}")
+    )
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == python_version:
+            return candidate
+    return None
+
+
 def compile_bytecode(target: Path, python_version: str = RUNTIME_PYTHON) -> bool:
-    """Compile with the runtime's Python if it is on PATH; report whether it was."""
-    interpreter = shutil.which(f"python{python_version}")
+    """Compile with the runtime's Python if this machine has it; report whether it did."""
+    interpreter = runtime_interpreter(python_version)
     if interpreter is None:
-        print(f"bundling: python{python_version} not found, shipping sources only", file=sys.stderr)
+        print(f"bundling: no python{python_version} here, shipping sources only", file=sys.stderr)
         return False
     subprocess.run(  # noqa: S603 - fixed argv, no shell
         [
@@ -99,6 +118,8 @@ class PythonBundle:
     requirements: Path
     packages: Sequence[str]
     no_deps: bool = False
+    exclude: Sequence[str] = ()
+    """Globs (relative to the bundle root) of installed files the code never imports."""
 
     def build(self, target: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)
@@ -110,6 +131,9 @@ class PythonBundle:
             pip_target_command(self.requirements, target, no_deps=self.no_deps), check=True
         )
         remove_runtime_provided(target)
+        for pattern in self.exclude:
+            for path in target.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         for package in self.packages:
             shutil.copytree(
                 LAMBDA_SRC / package,
@@ -129,7 +153,11 @@ class PythonBundle:
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.requirements.read_bytes())
-        digest.update(json.dumps([self.packages, self.no_deps, RUNTIME_PYTHON, PLATFORMS]).encode())
+        digest.update(
+            json.dumps(
+                [self.packages, self.no_deps, self.exclude, RUNTIME_PYTHON, PLATFORMS]
+            ).encode()
+        )
         for package in self.packages:
             for path in sorted((LAMBDA_SRC / package).rglob("*.py")):
                 digest.update(str(path.relative_to(LAMBDA_SRC)).encode())

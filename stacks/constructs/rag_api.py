@@ -42,6 +42,41 @@ ONNX_THREADS = 1
 MAX_BODY_BYTES = 16 * 1024
 STAGE = "v1"
 
+BUSINESS_BUNDLE = PythonBundle(
+    requirements=LAMBDA_SRC / "requirements.txt",
+    packages=("rag", "handlers"),
+    # Pulled in by tokenizers (Hub downloads) and onnxruntime (model tooling), never imported
+    # here: models load from files. 36 MB that would push the bundle past Lambda's limit.
+    exclude=(
+        "huggingface_hub*",
+        "hf_xet*",
+        "fsspec*",
+        "filelock*",
+        "tqdm*",
+        "click*",
+        "httpx2*",
+        "httpcore2*",
+        "truststore*",
+        "yaml",
+        "_yaml",
+        "pyyaml-*",
+        "dateutil",
+        "python_dateutil-*",
+        "six.py",
+        "six-*",
+        "bin",
+        "onnxruntime/transformers",
+        "onnxruntime/quantization",
+        "onnxruntime/tools",
+        "onnxruntime/datasets",
+        "numpy/*/tests",
+        "numpy/tests",
+        "numpy/f2py",
+        "numpy/_pyinstaller",
+        "**/*.pyi",
+    ),
+)
+
 QUERY_SCHEMA = apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=2000)
 _COMMON_PROPERTIES = {
     "query": QUERY_SCHEMA,
@@ -146,9 +181,7 @@ class RagApi(Construct):
             "Business",
             function_name=f"{project}-rag",
             description="RAG business layer: retrieve from Qdrant, prompt, generate on SageMaker",
-            bundle=PythonBundle(
-                requirements=LAMBDA_SRC / "requirements.txt", packages=("rag", "handlers")
-            ),
+            bundle=BUSINESS_BUNDLE,
             handler="handlers.business.lambda_handler",
             memory_mb=BUSINESS_MEMORY_MB,
             timeout=Duration.seconds(LAMBDA_TIMEOUT_S),

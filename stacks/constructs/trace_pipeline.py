@@ -27,6 +27,14 @@ RETENTION = Duration.days(14)
 FORWARDER_MEMORY_MB = 512
 OPIK_TIMEOUT_S = 10
 
+FORWARDER_BUNDLE = PythonBundle(
+    requirements=LAMBDA_SRC / "requirements-forwarder.txt",
+    packages=("forwarder",),
+    # opik's declared dependencies (litellm, openai, ...) come to 392 MB, over Lambda's 250 MB,
+    # and the REST client the forwarder uses imports none of them: the file lists all it needs.
+    no_deps=True,
+)
+
 
 class TracePipeline(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, deployment: DeploymentConfig):
@@ -84,13 +92,7 @@ class TracePipeline(Construct):
             "Forwarder",
             function_name=f"{project}-trace-forwarder",
             description="Delivers request traces from the trace queue to Opik (Comet)",
-            bundle=PythonBundle(
-                requirements=LAMBDA_SRC / "requirements-forwarder.txt",
-                packages=("forwarder",),
-                # opik's declared dependencies (litellm, openai, ...) exceed Lambda's 250 MB and
-                # are not imported by the REST client the forwarder uses: the file lists all.
-                no_deps=True,
-            ),
+            bundle=FORWARDER_BUNDLE,
             handler="forwarder.handler.lambda_handler",
             memory_mb=FORWARDER_MEMORY_MB,
             timeout=FORWARDER_TIMEOUT,
