@@ -97,7 +97,7 @@ def record_handler(record: SQSRecord) -> None:
             extra={**log, "trace_id": event.trace_id, "reason": str(exc)},
         )
         raise
-    logger.debug("trace delivered", extra={**log, "trace_id": event.trace_id})
+    logger.info("trace delivered", extra={**log, "trace_id": event.trace_id})
 
 
 @logger.inject_lambda_context

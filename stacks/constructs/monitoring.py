@@ -172,6 +172,11 @@ class Monitoring(Construct):
             1,
             "Trace events in the dead-letter queue: inspect and redrive",
         )
+        # Counted by the business Lambda's SQS sink (rag.sinks) when a trace cannot be queued.
+        trace_send_failed = _metric("LlmTwin", "trace_send_failed", {"service": "rag"}, "Sum")
+        alarm(
+            "trace-send-failed", trace_send_failed, 1, "Traces could not be sent to the trace queue"
+        )
 
         dashboard = cloudwatch.Dashboard(
             self, "Dashboard", dashboard_name=f"{deployment.project}-dashboard"
@@ -198,6 +203,7 @@ class Monitoring(Construct):
         dashboard.add_widgets(
             _graph("Trace queue: oldest message age (s)", [queue_age]),
             _graph("Trace dead-letter queue depth", [dlq_depth]),
+            _graph("Traces not queued", [trace_send_failed]),
             _graph(
                 "Endpoint invocations",
                 [_metric("AWS/SageMaker", "Invocations", endpoint_dims, "Sum")],

@@ -228,6 +228,7 @@ def test_alarms_and_dashboard_an_on_call_person_needs(synth):
         "trace-queue-age",
         "trace-dlq-not-empty",
         "forwarder-errors",
+        "trace-send-failed",
     ):
         assert f"llm-twin-{name}" in alarms, name
         assert alarms[f"llm-twin-{name}"]["AlarmActions"]
