@@ -218,17 +218,17 @@ class HfToken:
 
 
 def parse_secret_token(secret_string: str) -> str:
-    """The secret holds the token itself or JSON with HF_TOKEN (or token)."""
-    try:
-        data = json.loads(secret_string)
-    except json.JSONDecodeError:
-        return secret_string.strip()
-    if isinstance(data, dict):
-        for key in ("HF_TOKEN", "token", "hf_token"):
-            if isinstance(data.get(key), str):
-                return str(data[key]).strip()
-        raise ValueError("JSON secret has no HF_TOKEN key")
-    return secret_string.strip()
+    """The secret must hold the bare token: the stack passes the whole value to TGI as HF_TOKEN,
+    so a JSON secret that would pass a lenient check here would break the endpoint."""
+    text = secret_string.strip()
+    if text.startswith("{"):
+        raise ValueError(
+            "the secret holds JSON, but TGI receives the whole value as HF_TOKEN: "
+            "store the bare token string"
+        )
+    if not text:
+        raise ValueError("the secret is empty")
+    return text
 
 
 def resolve_hf_token(

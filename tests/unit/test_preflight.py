@@ -282,9 +282,7 @@ def test_token_comes_from_the_secret_and_reaches_the_hub(
 ) -> None:
     # Given the gated config's secret holding a token with access (JSON form)
     secrets = aws.client("secretsmanager")
-    secrets.create_secret(
-        Name="llm-twin/hf-token", SecretString=f'{{"HF_TOKEN": "{GRANTED_TOKEN}"}}'
-    )
+    secrets.create_secret(Name="llm-twin/hf-token", SecretString=GRANTED_TOKEN)
     hub, client = fake_hub
 
     # When running the checks
@@ -374,3 +372,13 @@ def test_failing_config_exits_non_zero_naming_the_failures(
 def test_main_reports_a_bad_model_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert preflight.main(["--model", "no-such-model"]) == 1
     assert "unknown model 'no-such-model'" in capsys.readouterr().out
+
+
+def test_hf_token_secret_must_hold_the_bare_token():
+    from tools.preflight import parse_secret_token
+
+    assert parse_secret_token(" hf_abc \n") == "hf_abc"
+    with pytest.raises(ValueError, match="store the bare token string"):
+        parse_secret_token('{"HF_TOKEN": "hf_abc"}')
+    with pytest.raises(ValueError, match="empty"):
+        parse_secret_token("  ")
