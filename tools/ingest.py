@@ -21,7 +21,7 @@ from rag.chunking import Chunker
 from rag.ingest import DEFAULT_BATCH_SIZE, IngestError, IngestReport, ingest_file
 from rag.onnx_models import ModelLoadError, OnnxEmbedder
 
-DEFAULT_QDRANT_PATH = Path("build/qdrant")
+DEFAULT_QDRANT_PATH = Path(".local/qdrant")  # the store `make local` serves
 DEFAULT_MODEL_DIR = Path("build/models/embedding")
 QDRANT_TIMEOUT_S = 30  # batch upserts against a remote server can be slow
 EXIT_FAILED, EXIT_UNREADABLE = 1, 2
@@ -92,7 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cannot load the embedding model: {exc} ({hint})", file=sys.stderr)
         return EXIT_UNREADABLE
     chunker = Chunker(embedder.tokenizer, max_length=embedder.max_length)
-    client = _client(args)
+    try:
+        client = _client(args)
+    except RuntimeError as exc:  # embedded Qdrant's folder lock: another process has it open
+        print(
+            f"cannot open the local Qdrant store: {exc} Stop `make local` first, "
+            "or ingest into a Qdrant server with --qdrant-url.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     with tqdm(unit="chunk", desc="ingest", disable=None) as bar:
 
         def progress(done: int, total: int) -> None:

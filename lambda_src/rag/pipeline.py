@@ -58,9 +58,11 @@ ALPACA_STOP = ("### Instruction:", "### Response:")
 """An alpaca model that starts a new section has finished its answer."""
 
 NO_LLM_MESSAGE = (
-    "No LLM is configured. Set LLM_URL to a TGI or OpenAI-compatible server (local mode), or "
-    "LLM_ENDPOINT to a SageMaker endpoint name."
+    "No LLM is configured. Set LLM_URL to a TGI or OpenAI-compatible server (local mode, e.g. "
+    "LLM_URL=http://127.0.0.1:8080 make local), or LLM_ENDPOINT to a SageMaker endpoint name."
 )
+NO_LLM_RETRY_AFTER_S = 300
+"""503s carry Retry-After (DESIGN 3.1); this one lasts until someone configures an LLM."""
 SELF_QUERY_INSTRUCTION = (
     "Extract the full name of the person the user names as the author whose content they want, "
     "for example 'My name is Paul Iusztin and I want a post about...' -> Paul Iusztin. "
@@ -228,7 +230,7 @@ def _retrieve(req: RetrieveRequest, deps: Deps, trace: TraceRecorder) -> Retriev
         span.metadata = {"limit_per_query_and_collection": req.k, "warnings": result.warnings}
     trace.warnings.extend(result.warnings)
 
-    ranked = _rerank(req.query, result.chunks, deps, trace)
+    ranked = _rerank(req.query, result.chunks, deps, trace, keep=req.k)
     return RetrievalOutcome(
         query=req.query,
         expanded_queries=queries,
@@ -242,12 +244,18 @@ def _retrieve(req: RetrieveRequest, deps: Deps, trace: TraceRecorder) -> Retriev
     )
 
 
-def _rerank(query: str, candidates: list[Chunk], deps: Deps, trace: TraceRecorder) -> list[Chunk]:
+def _rerank(
+    query: str, candidates: list[Chunk], deps: Deps, trace: TraceRecorder, *, keep: int
+) -> list[Chunk]:
+    """Cross-encoder order of the best `max(keep, RERANK_MAX_CANDIDATES)` candidates by vector
+    score (`candidates` come best first); the others could not reach the top `keep` anyway."""
     reranker = deps.reranker if deps.settings.rerank_enabled else None
     if reranker is None or not candidates:
         return candidates
+    found = len(candidates)
+    candidates = candidates[: max(keep, deps.settings.rerank_max_candidates)]
     try:
-        with trace.span("rerank", input={"candidates": len(candidates)}) as span:
+        with trace.span("rerank", input={"candidates": len(candidates), "found": found}) as span:
             scores = reranker.score(query, [c.content for c in candidates])
             if len(scores) != len(candidates):
                 raise ModelError(f"reranker returned {len(scores)} scores for {len(candidates)}")
@@ -441,7 +449,9 @@ def _distinct_alternatives(candidates: Sequence[str], query: str, n: int) -> lis
 def _answer(req: RagRequest, deps: Deps, trace: TraceRecorder) -> AnswerOutcome:
     llm = deps.llm
     if llm is None:
-        raise ModelUnavailable(NO_LLM_MESSAGE, code="llm_not_configured")
+        raise ModelUnavailable(
+            NO_LLM_MESSAGE, code="llm_not_configured", retry_after_s=NO_LLM_RETRY_AFTER_S
+        )
     profile = deps.profile
     retrieval = _retrieve(req, deps, trace)
     params = _generation_params(profile, req)

@@ -206,7 +206,8 @@ def instance_of(schema: Any) -> Any:
             return instance_of(schema[key][0])
     kind = schema.get("type", "object")
     if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
+        # Nullable: answer null, the model's "nothing found" (e.g. no author in a self-query).
+        kind = "null" if "null" in kind else kind[0]
     if kind == "object":
         properties = schema.get("properties", {})
         return {name: instance_of(sub) for name, sub in properties.items()}

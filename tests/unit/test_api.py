@@ -214,14 +214,14 @@ def test_a_qdrant_failure_is_a_502_upstream_error() -> None:
     assert assert_error(body, "upstream_error") == "qdrant unreachable"
 
 
-def test_no_llm_configured_is_a_503_without_retry_after() -> None:
+def test_no_llm_configured_is_a_503_with_retry_after() -> None:
     world = fake_world(llm=None)
 
     status, body, headers = post(world, "/rag", {"query": "RAG"})
 
     assert status == 503
     assert "LLM_URL" in assert_error(body, "llm_not_configured")
-    assert "Retry-After" not in headers
+    assert headers["Retry-After"] == "300"
 
 
 def test_an_unexpected_exception_is_a_generic_500_that_leaks_nothing() -> None:

@@ -431,7 +431,7 @@ def test_rag_without_an_llm_is_model_unavailable_saying_how_to_configure_one() -
         pipeline.answer(RagRequest(query="RAG"), world.deps)
 
     assert raised.value.code == "llm_not_configured"
-    assert raised.value.retry_after_s is None
+    assert raised.value.retry_after_s == pipeline.NO_LLM_RETRY_AFTER_S
     assert "LLM_URL" in raised.value.message
     assert "LLM_ENDPOINT" in raised.value.message
     event = only_event(world.sink)
