@@ -453,6 +453,16 @@ def check_hub(config: ModelConfig, hub: HubClient, token: HfToken) -> list[Check
             CheckResult("FAIL", "hub-model", f"cannot read {repo}@{rev} from the Hub: {exc}"),
             *skipped,
         ]
+    except Exception as exc:  # the Hub client's transport errors (httpx) are not OSError
+        return [
+            CheckResult(
+                "FAIL",
+                "hub-model",
+                f"cannot reach the Hugging Face Hub ({type(exc).__name__}: {exc}): check the "
+                "network or HF_ENDPOINT",
+            ),
+            *skipped,
+        ]
 
     gated = f", gated ({info.gated}) and readable with {token.source}" if info.gated else ""
     results = [

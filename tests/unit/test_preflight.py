@@ -382,3 +382,25 @@ def test_hf_token_secret_must_hold_the_bare_token():
         parse_secret_token('{"HF_TOKEN": "hf_abc"}')
     with pytest.raises(ValueError, match="empty"):
         parse_secret_token("  ")
+
+
+def test_an_unreachable_hub_is_a_fail_line_not_a_traceback():
+    from stacks.config import load_model_config
+    from tools.preflight import HfToken, check_hub
+
+    class TransportError(Exception):
+        """What the Hub client raises when DNS or TCP fails (not an OSError)."""
+
+    class UnreachableHub:
+        def model_info(self, *args, **kwargs):
+            raise TransportError("[Errno -2] Name or service not known")
+
+        def config_json(self, *args, **kwargs):
+            raise AssertionError("not reached")
+
+    results = check_hub(
+        load_model_config("twin-llama-3.1-8b"), UnreachableHub(), HfToken(None, "anonymous")
+    )
+    assert (results[0].status, results[0].check) == ("FAIL", "hub-model")
+    assert "cannot reach the Hugging Face Hub" in results[0].why
+    assert {r.status for r in results[1:]} == {"SKIP"}
