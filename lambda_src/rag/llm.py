@@ -10,8 +10,8 @@ both the GPU work and the wait. So the worst case is
 
     max(connect, FAST_FAILURE_S) + RETRY_BACKOFF_MAX_S + ADAPTIVE_WAIT_MAX_S + connect + read
 
-which `worst_case_call_s` computes (e.g. connect 2 s, read 20 s -> 27 s; read 4 s -> 11 s). The
-caller must keep the sum over its sequential LLM calls below the Lambda timeout.
+which `rag.budget.worst_case_call_s` computes (e.g. connect 1 s, read 16 s -> 22 s); the pipeline
+shortens the generation call's read timeout to what is left of the request budget.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
 
+from rag.budget import (
+    FAST_FAILURE_S,
+    MAX_ATTEMPTS,
+)
 from rag.errors import (
     ApiError,
     BadRequest,
@@ -49,15 +53,6 @@ from rag.errors import (
 from rag.ports import LLM, Generation, GenerationParams
 
 Api = Literal["tgi", "openai"]
-
-MAX_ATTEMPTS = 2
-"""botocore total attempts per invoke: one retry for fast, transient failures."""
-FAST_FAILURE_S = 2.0
-"""A failed attempt slower than this is not retried (the retry would not fit the budget)."""
-RETRY_BACKOFF_MAX_S = 1.0
-"""botocore standard backoff before the first retry: rand(0, 1) x 1 s (throttling scale)."""
-ADAPTIVE_WAIT_MAX_S = 2.0
-"""botocore adaptive mode token bucket: minimum fill rate 0.5 token/s, so at most 2 s per send."""
 
 RETRY_AFTER_SCALE_FROM_ZERO_S = 60
 """Inference component at zero copies: scale-out starts ~1 min after the first failed call."""
@@ -73,13 +68,6 @@ TGI_CHAT_MODEL = "tgi"
 MAX_REASON_CHARS = 300
 """Upstream reasons are quoted to the client, cut to this length."""
 JSON_SCHEMA_NAME = "output"
-
-
-def worst_case_call_s(connect_timeout_s: float, read_timeout_s: float) -> float:
-    """Longest a `SageMakerLLM` call can take with these timeouts (see the module docstring)."""
-    first_failure_s = max(connect_timeout_s, FAST_FAILURE_S)
-    retry_wait_s = RETRY_BACKOFF_MAX_S + ADAPTIVE_WAIT_MAX_S
-    return first_failure_s + retry_wait_s + connect_timeout_s + read_timeout_s
 
 
 def botocore_config(connect_timeout_s: float, read_timeout_s: float) -> Config:

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from rag import observability as obs
+from rag.budget import generation_timeout_s
 from rag.errors import ApiError, ModelError, ModelUnavailable, UpstreamTimeout
 from rag.models import MAX_AUTHOR_CHARS, MAX_QUERY_CHARS, RagRequest, RetrieveRequest
 from rag.ports import (
@@ -447,6 +448,7 @@ def _distinct_alternatives(candidates: Sequence[str], query: str, n: int) -> lis
 
 
 def _answer(req: RagRequest, deps: Deps, trace: TraceRecorder) -> AnswerOutcome:
+    started_s = deps.clock.perf_s()
     llm = deps.llm
     if llm is None:
         raise ModelUnavailable(
@@ -477,11 +479,27 @@ def _answer(req: RagRequest, deps: Deps, trace: TraceRecorder) -> AnswerOutcome:
         trace.metadata["truncation"] = built.truncation.as_dict()
         trace.warnings.append(_truncation_note(built.truncation))
 
+    settings = deps.settings
+    timeout_s = generation_timeout_s(
+        read_timeout_s=settings.llm_read_timeout_s,
+        connect_timeout_s=settings.llm_connect_timeout_s,
+        request_budget_s=settings.request_budget_s,
+        elapsed_s=deps.clock.perf_s() - started_s,
+    )
+    if timeout_s is None:
+        raise UpstreamTimeout(
+            f"no time left to generate within the {settings.request_budget_s:g} s request budget",
+            code="request_budget_exhausted",
+        )
     with trace.span("generate", type="llm", input=_prompt_input(built)) as span:
-        generation = _generate(llm, built, params)
+        generation = _generate(llm, built, params, timeout_s)
         text = _cut_at_stop(generation.text, params.stop).strip()
         span.output = {"answer": text}
-        span.metadata = {"finish_reason": generation.finish_reason, "params": _params_dict(params)}
+        span.metadata = {
+            "finish_reason": generation.finish_reason,
+            "params": _params_dict(params),
+            "timeout_s": timeout_s,
+        }
         span.usage = _usage(generation.prompt_tokens, generation.completion_tokens)
 
     prompt_tokens = generation.prompt_tokens
@@ -517,10 +535,12 @@ def _generation_params(profile: ModelProfile, req: RagRequest) -> GenerationPara
     )
 
 
-def _generate(llm: LLM, built: BuiltPrompt, params: GenerationParams) -> Generation:
+def _generate(
+    llm: LLM, built: BuiltPrompt, params: GenerationParams, timeout_s: float
+) -> Generation:
     if built.prompt_format == "chat":
-        return llm.chat(list(built.messages), params)
-    return llm.complete(built.text, params)
+        return llm.chat(list(built.messages), params, timeout_s=timeout_s)
+    return llm.complete(built.text, params, timeout_s=timeout_s)
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:

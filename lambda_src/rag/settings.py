@@ -27,6 +27,18 @@ MAX_EXPANSION_N = 5
 """Upper bound on queries after expansion: each one costs an embedding and a search round."""
 
 
+DEFAULT_RERANK_MAX_CANDIDATES = 6
+"""Chunks the cross-encoder scores per request (at least k), the best by vector score: twice the
+API's default k. Each (query, chunk) pair costs ~60-100 ms of one vCPU (tools/bench.py), so
+scoring every candidate (up to 3 queries x 3 collections x k) was 1-3 s a request."""
+DEFAULT_RERANK_MAX_LENGTH = 256
+"""Tokens per (query, chunk) pair: a chunk is at most 256 embedder tokens, so this cuts only the
+tail of long pairs (long queries) while halving the worst case of the model's 512."""
+MIN_RERANK_MAX_LENGTH = 16
+MAX_RERANK_MAX_LENGTH = 512
+"""ms-marco-MiniLM's position embeddings end here."""
+
+
 class GenerationDefaults(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -118,6 +130,18 @@ class Settings(BaseModel):
         default="none", validation_alias="TRACE_REDACTION"
     )
     ort_threads: int = Field(default=1, ge=1, validation_alias="ORT_THREADS")
+    request_budget_s: float | None = Field(default=None, gt=0, validation_alias="REQUEST_BUDGET_S")
+    """Time a request may take end to end (the Lambda sets it just under its timeout); the
+    generation call gets what is left after retrieval, less what the trace send may need."""
+    rerank_max_candidates: int = Field(
+        default=DEFAULT_RERANK_MAX_CANDIDATES, ge=1, validation_alias="RERANK_MAX_CANDIDATES"
+    )
+    rerank_max_length: int = Field(
+        default=DEFAULT_RERANK_MAX_LENGTH,
+        ge=MIN_RERANK_MAX_LENGTH,
+        le=MAX_RERANK_MAX_LENGTH,
+        validation_alias="RERANK_MAX_LENGTH",
+    )
 
     @field_validator("model_profile", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.config import Config
 
+from rag.budget import SQS_CONNECT_TIMEOUT_S, SQS_MAX_ATTEMPTS, SQS_READ_TIMEOUT_S
 from rag.ports import TraceSink
 
 SQS_MAX_MESSAGE_BYTES = 1_048_576
@@ -30,12 +31,6 @@ SQS_MAX_MESSAGE_BYTES = 1_048_576
 services now support payloads up to 1 MB", AWS Compute Blog, 2026-01-29
 (https://aws.amazon.com/blogs/compute/more-room-to-build-serverless-services-now-support-payloads-up-to-1-mb).
 The queue's own MaximumMessageSize must be set to this value too (it may be lower)."""
-
-SQS_CONNECT_TIMEOUT_S = 1
-SQS_READ_TIMEOUT_S = 2
-SQS_MAX_ATTEMPTS = 2
-"""Short and few: the send sits after the answer in the request path, so a slow SQS must cost
-at most a few seconds before it is counted as a lost trace."""
 
 METRIC_SEND_FAILED = "trace_send_failed"
 METRIC_TRIMMED = "trace_trimmed"
@@ -169,7 +164,8 @@ class SqsTraceSink:
             config=Config(
                 connect_timeout=SQS_CONNECT_TIMEOUT_S,
                 read_timeout=SQS_READ_TIMEOUT_S,
-                retries={"max_attempts": SQS_MAX_ATTEMPTS, "mode": "standard"},
+                # total_max_attempts counts the first try; botocore's max_attempts would not.
+                retries={"total_max_attempts": SQS_MAX_ATTEMPTS, "mode": "standard"},
             ),
         )
         self._count = count_metric or _count_metric

@@ -42,7 +42,9 @@ def build_deps(settings: Settings) -> Deps:
     embedder = OnnxEmbedder(dirs.embedding, threads=settings.ort_threads)
     reranker = None
     if settings.rerank_enabled and dirs.reranker is not None:
-        reranker = OnnxCrossEncoder(dirs.reranker, threads=settings.ort_threads)
+        reranker = OnnxCrossEncoder(
+            dirs.reranker, threads=settings.ort_threads, max_length=settings.rerank_max_length
+        )
     store = QdrantStore.from_settings(
         url=settings.qdrant_url,
         path=settings.qdrant_path,

@@ -35,6 +35,9 @@ LLM_CONNECT_TIMEOUT_S = 1
 LLM_HELPER_TIMEOUT_S = 3  # self-query and expansion run concurrently, so this counts once
 LLM_READ_TIMEOUT_S = 16  # ~500 tokens at TGI's ~35 tokens/s for an 8B model on one A10G
 QDRANT_TIMEOUT_S = 2
+# What the pipeline may spend end to end; the generation call gets what retrieval left of it
+# (rag.budget.generation_timeout_s). 1 s under the Lambda timeout for Lambda's own overhead.
+REQUEST_BUDGET_S = LAMBDA_TIMEOUT_S - 1
 # 2048 MB gives Lambda ~1.2 vCPU: embedding + reranking dominate the warm overhead and scale
 # with CPU, and the two ONNX models and their arenas need ~600 MB resident.
 BUSINESS_MEMORY_MB = 2048
@@ -168,6 +171,7 @@ class RagApi(Construct):
             "LLM_READ_TIMEOUT_S": str(LLM_READ_TIMEOUT_S),
             "QDRANT_API_KEY_SECRET": self.qdrant.secret.secret_arn,
             "QDRANT_TIMEOUT_S": str(QDRANT_TIMEOUT_S),
+            "REQUEST_BUDGET_S": str(REQUEST_BUDGET_S),
             "MODEL_ASSET_S3_URI": self.model_asset.s3_object_url,
             "TRACE_QUEUE_URL": trace_queue.queue_url,
             "TRACE_SAMPLE_RATE": str(deployment.trace_sample_rate),

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
-from rag.llm import worst_case_call_s
+from rag.budget import (
+    MIN_GENERATION_S,
+    generation_timeout_s,
+    worst_case_call_s,
+    worst_case_send_s,
+)
 from stacks.constructs import rag_api
 from tests.infrastructure.helpers import as_list, one, resources
 
@@ -57,12 +62,28 @@ def test_business_lambda_environment_carries_config_but_no_secret(synth):
     assert "s3://" in json.dumps(env["MODEL_ASSET_S3_URI"])
 
 
-def test_timeout_budget_lines_up():
-    # DESIGN 5: API Gateway 29 s > Lambda > SageMaker read timeout > generation
-    worst_generation = worst_case_call_s(rag_api.LLM_CONNECT_TIMEOUT_S, rag_api.LLM_READ_TIMEOUT_S)
-    worst_request = rag_api.LLM_HELPER_TIMEOUT_S + rag_api.QDRANT_TIMEOUT_S + worst_generation
-    assert worst_request <= rag_api.LAMBDA_TIMEOUT_S < rag_api.API_GATEWAY_TIMEOUT_S
+def test_timeout_budget_lines_up(synth):
+    # DESIGN 5: API Gateway 29 s > Lambda > request budget > SageMaker read timeout
     assert rag_api.API_GATEWAY_TIMEOUT_S == 29
+    assert rag_api.REQUEST_BUDGET_S < rag_api.LAMBDA_TIMEOUT_S < rag_api.API_GATEWAY_TIMEOUT_S
+    env = _functions(synth()["api"])["llm-twin-rag"]["Environment"]["Variables"]
+    assert float(env["REQUEST_BUDGET_S"]) == rag_api.REQUEST_BUDGET_S
+    connect_s, read_s = rag_api.LLM_CONNECT_TIMEOUT_S, rag_api.LLM_READ_TIMEOUT_S
+    # A fast retrieval leaves the full read timeout, its retry overhead and the trace send.
+    assert worst_case_call_s(connect_s, read_s) + worst_case_send_s() <= rag_api.REQUEST_BUDGET_S
+    # Retrieval at its slowest (helpers 3 s concurrent + two Qdrant rounds) still leaves room
+    # for a useful generation, which the pipeline then gets with a shortened read timeout.
+    retrieval_s = rag_api.LLM_HELPER_TIMEOUT_S + 2 * rag_api.QDRANT_TIMEOUT_S
+    shortened = generation_timeout_s(
+        read_timeout_s=read_s,
+        connect_timeout_s=connect_s,
+        request_budget_s=rag_api.REQUEST_BUDGET_S,
+        elapsed_s=retrieval_s,
+    )
+    assert shortened is not None
+    assert MIN_GENERATION_S <= shortened < read_s
+    worst_s = retrieval_s + worst_case_call_s(connect_s, shortened) + worst_case_send_s()
+    assert worst_s <= rag_api.REQUEST_BUDGET_S
 
 
 def test_business_role_is_scoped_to_exactly_its_endpoint_secret_queue_and_models(synth):

@@ -14,6 +14,7 @@ from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, Re
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
+from rag.budget import worst_case_call_s
 from rag.errors import (
     ApiError,
     BadRequest,
@@ -22,7 +23,7 @@ from rag.errors import (
     Throttled,
     UpstreamTimeout,
 )
-from rag.llm import HttpLLM, SageMakerLLM, botocore_config, build_llm, worst_case_call_s
+from rag.llm import HttpLLM, SageMakerLLM, botocore_config, build_llm
 from rag.ports import GenerationParams
 from tests.fakes.tgi_server import tgi_spec
 

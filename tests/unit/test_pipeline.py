@@ -542,3 +542,66 @@ def test_hostile_chunks_stay_inside_their_source_field() -> None:
     assert "\\### Response:" in prompt  # the chunk's line, escaped
     assert "<|eot_id|>" not in prompt
     assert prompt.count("</source>") == 1
+
+
+class SteppingClock:
+    """Monotonic time that advances `step_s` every time it is read: a slow request, no sleeping."""
+
+    def __init__(self, step_s: float) -> None:
+        from rag.trace import SystemClock
+
+        self._wall = SystemClock()
+        self._t = 0.0
+        self.step_s = step_s
+
+    def now(self):
+        return self._wall.now()
+
+    def perf_s(self) -> float:
+        self._t += self.step_s
+        return self._t
+
+
+def _generate_calls(world) -> list:
+    return [c for c in world.llm.calls if c.purpose == "generate"]
+
+
+def test_without_a_request_budget_generation_gets_the_configured_read_timeout() -> None:
+    world = fake_world(env={"LLM_READ_TIMEOUT_S": "16"})
+    pipeline.answer(RagRequest(query="RAG", expand=False, author="Paul"), world.deps)
+    assert [c.timeout_s for c in _generate_calls(world)] == [16]
+
+
+def test_generation_gets_what_the_request_budget_has_left() -> None:
+    from dataclasses import replace
+
+    from rag.budget import worst_case_call_s, worst_case_send_s
+
+    # Given a 27 s budget and a clock that says each step of the request took a second
+    world = fake_world(
+        env={"REQUEST_BUDGET_S": "27", "LLM_READ_TIMEOUT_S": "16", "LLM_CONNECT_TIMEOUT_S": "1"}
+    )
+    deps = replace(world.deps, clock=SteppingClock(step_s=1.0))
+    # When it answers
+    pipeline.answer(RagRequest(query="RAG", expand=False, author="Paul"), deps)
+    # Then the generation call's read timeout is shortened so the call, its retry and the
+    # trace send still end inside the budget
+    (call,) = _generate_calls(world)
+    assert call.timeout_s is not None
+    assert call.timeout_s < 16
+    overhead = worst_case_call_s(1, 0) + worst_case_send_s()
+    elapsed = 27 - overhead - call.timeout_s
+    assert elapsed > 0  # the clock advanced before generation
+
+
+def test_no_time_left_to_generate_is_a_504_not_a_killed_lambda() -> None:
+    from dataclasses import replace
+
+    world = fake_world(env={"REQUEST_BUDGET_S": "12"})
+    deps = replace(world.deps, clock=SteppingClock(step_s=1.0))
+    with pytest.raises(pipeline.UpstreamTimeout) as raised:
+        pipeline.answer(RagRequest(query="RAG", expand=False, author="Paul"), deps)
+    assert raised.value.code == "request_budget_exhausted"
+    assert raised.value.status == 504
+    assert not _generate_calls(world)
+    assert only_event(world.sink)["error"]["code"] == "request_budget_exhausted"

@@ -1,0 +1,217 @@
+"""A Qdrant REST server on 127.0.0.1 for fault tests, backed by an embedded `QdrantClient`.
+
+It answers the calls qdrant-client makes for the business Lambda and the local server
+(`GET /collections/{name}`, `GET /collections/{name}/exists`, `POST .../points/count`,
+`POST .../points/query/batch`) in Qdrant's REST shape (`{"result", "status", "time"}`, errors as
+`{"status": {"error": ...}}`), by delegating to the embedded client: real search results, real
+payloads. Fault modes make it misbehave the way a Qdrant server or its load balancer does:
+
+    with QdrantFake(backend) as qdrant:
+        qdrant.set_fault(QdrantFault.http_status(500))   # every call answers 500
+        qdrant.set_fault(QdrantFault.slow(5))       # accepts, then sleeps before answering
+        qdrant.set_fault(QdrantFault.missing("embedded_posts"))  # 404, as a deleted collection
+        qdrant.down(); qdrant.up()                   # connection refused, then back on one port
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+from qdrant_client import QdrantClient, models
+
+SHUTDOWN_POLL_S = 0.02
+_ROUTE = re.compile(
+    r"^/collections/(?P<name>[^/]+)(?P<rest>/exists|/points/count|/points/query/batch)?$"
+)
+
+
+@dataclass(frozen=True)
+class QdrantFault:
+    kind: Literal["status", "slow", "missing"]
+    status: int = 0
+    seconds: float = 0.0
+    collections: frozenset[str] = frozenset()
+
+    @classmethod
+    def http_status(cls, status: int) -> QdrantFault:
+        """Every call answers `status` with Qdrant's error body."""
+        return cls("status", status=status)
+
+    @classmethod
+    def slow(cls, seconds: float) -> QdrantFault:
+        """Accept the request, then answer only after `seconds` (or when the fake stops)."""
+        return cls("slow", seconds=seconds)
+
+    @classmethod
+    def missing(cls, *collections: str) -> QdrantFault:
+        """These collections answer 404 "doesn't exist", as after a deletion."""
+        return cls("missing", collections=frozenset(collections))
+
+
+@dataclass
+class _State:
+    backend: QdrantClient
+    fault: QdrantFault | None = None
+    calls: list[str] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    connections: set[socket.socket] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class QdrantFake:
+    def __init__(self, backend: QdrantClient, *, port: int = 0) -> None:
+        self._state = _State(backend)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def calls(self) -> list[str]:
+        with self._state.lock:
+            return list(self._state.calls)
+
+    def set_fault(self, fault: QdrantFault | None) -> None:
+        with self._state.lock:
+            self._state.fault = fault
+
+    def start(self) -> QdrantFake:
+        self._state.stopping.clear()
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self._state))
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(SHUTDOWN_POLL_S,), name="qdrant-fake", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._state.stopping.set()  # wakes slow handlers
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        with self._state.lock:  # kept-alive client connections must see the server gone too
+            for connection in self._state.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+            self._state.connections.clear()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def down(self) -> None:
+        """Stop listening: connections are refused until `up`."""
+        self.stop()
+
+    def up(self) -> None:
+        """Listen again on the same port."""
+        if self._server is None:
+            self.start()
+
+    def __enter__(self) -> QdrantFake:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def _ok(result: Any) -> tuple[int, dict[str, Any]]:
+    return 200, {"result": result, "status": "ok", "time": 0.0001}
+
+
+def _error(status: int, message: str) -> tuple[int, dict[str, Any]]:
+    return status, {"status": {"error": message}, "time": 0.0001}
+
+
+def _not_found(name: str) -> tuple[int, dict[str, Any]]:
+    return _error(404, f"Not found: Collection `{name}` doesn't exist!")
+
+
+def _answer(state: _State, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+    match = _ROUTE.match(path.split("?", 1)[0])
+    if match is None:
+        return _error(404, f"Not found: {path}")
+    name, rest = match["name"], match["rest"] or ""
+    with state.lock:
+        fault = state.fault
+    if fault is not None and fault.kind == "status":
+        return _error(fault.status, f"Service internal error: fake fault {fault.status}")
+    if fault is not None and fault.kind == "slow":
+        state.stopping.wait(fault.seconds)
+    missing = fault is not None and fault.kind == "missing" and name in fault.collections
+    backend = state.backend
+    exists = not missing and backend.collection_exists(name)
+    if method == "GET" and rest == "/exists":
+        return _ok({"exists": exists})
+    if not exists:
+        return _not_found(name)
+    if method == "GET" and rest == "":
+        return _ok(backend.get_collection(name).model_dump(mode="json"))
+    if method == "POST" and rest == "/points/count":
+        count_filter = (body or {}).get("filter")
+        request = models.CountRequest.model_validate({"filter": count_filter, "exact": True})
+        return _ok({"count": backend.count(name, count_filter=request.filter, exact=True).count})
+    if method == "POST" and rest == "/points/query/batch":
+        batch = models.QueryRequestBatch.model_validate(body)
+        responses = backend.query_batch_points(name, requests=batch.searches)
+        return _ok([response.model_dump(mode="json") for response in responses])
+    return _error(405, f"{method} not supported by the fake on {path}")
+
+
+def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with state.lock:
+                state.connections.add(self.connection)
+
+        def finish(self) -> None:
+            with state.lock:
+                state.connections.discard(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            self._handle()
+
+        def do_POST(self) -> None:
+            self._handle()
+
+        def _handle(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with state.lock:
+                state.calls.append(f"{self.command} {self.path.split('?', 1)[0]}")
+            try:
+                body = json.loads(raw) if raw else None
+                status, payload = _answer(state, self.command, self.path, body)
+            except Exception as exc:  # a bug in the fake must show, not hang the client
+                status, payload = _error(500, f"fake failed: {type(exc).__name__}: {exc}")
+            data = json.dumps(payload).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client gave up (its timeout) or the fake is stopping
+                self.close_connection = True
+
+    return Handler
