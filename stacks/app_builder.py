@@ -9,6 +9,7 @@ from cdk_nag import AwsSolutionsChecks
 from stacks.api_stack import RagApiStack
 from stacks.config import DeploymentConfig, load_deployment_config, load_model_config
 from stacks.endpoint_stack import LlmEndpointStack
+from stacks.nag_packs import SageMakerEndpointNistChecks
 
 
 def _environment(app: cdk.App) -> cdk.Environment | None:
@@ -50,7 +51,7 @@ def build_app(app: cdk.App) -> dict[str, cdk.Stack]:
 
     Tags.of(app).add("project", deployment.project)
     Tags.of(app).add("model", model.name)
-    Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app), SageMakerEndpointNistChecks(app))
     return stacks
 
 

@@ -9,6 +9,7 @@ from constructs import Construct
 
 from stacks.config import DeploymentConfig, ModelConfig
 from stacks.constructs.tgi_endpoint import TgiEndpoint
+from stacks.endpoint_encryption import protect_endpoint_storage
 from stacks.nag import acknowledge, rendered
 
 
@@ -36,6 +37,9 @@ class LlmEndpointStack(Stack):
         CfnOutput(self, "Region", value=self.region)
 
         _acknowledge(self.endpoint)
+        protect_endpoint_storage(
+            self.endpoint.node.find_child("EndpointConfig"), instance_type=model.instance_type
+        )
 
 
 def _acknowledge(endpoint: TgiEndpoint) -> None:

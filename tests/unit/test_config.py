@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,178 @@ def test_synth_fails_with_a_clear_message_for_an_unknown_model(tmp_path):
     assert done.returncode == 1
     assert "unknown model 'no-such-model'" in done.stderr
     assert "twin-llama-3.1-8b" in done.stderr
+
+
+# Every kind of cdk context mistake, through the real synth path (build_app raises before any
+# stack is synthesized): the message names the key, what is wrong and what is allowed.
+CONTEXT_MISTAKES = {
+    "reserved-concurrency-not-a-number": (
+        {"lambda_reserved_concurrency": "many"},
+        r"key 'lambda_reserved_concurrency': Input should be a valid integer",
+    ),
+    "reserved-concurrency-zero": (
+        {"lambda_reserved_concurrency": "0"},
+        r"key 'lambda_reserved_concurrency': Input should be greater than or equal to 1",
+    ),
+    "bad-email": ({"alarm_email": "oncall"}, r"key 'alarm_email': String should match pattern '\^"),
+    "project-with-capitals-and-space": (
+        {"project": "LLM Twin"},
+        r"key 'project': String should match pattern '\^\[a-z\]\[a-z0-9-\]\{1,30\}\$'",
+    ),
+    "project-too-short": ({"project": "a"}, r"key 'project': String should match pattern"),
+    "sample-rate-above-one": (
+        {"trace_sample_rate": "1.5"},
+        r"key 'trace_sample_rate': Input should be less than or equal to 1",
+    ),
+    "sample-rate-not-a-number": (
+        {"trace_sample_rate": "often"},
+        r"key 'trace_sample_rate': Input should be a valid number",
+    ),
+    "redaction-not-allowed": (
+        {"trace_redaction": "everything"},
+        r"key 'trace_redaction': .*'none', 'hash_query' or 'drop_texts'; got 'everything'",
+    ),
+    "bool-not-a-bool": (
+        {"idle_scale_to_zero": "maybe"},
+        r"key 'idle_scale_to_zero': Input should be a valid boolean",
+    ),
+    "cors-wildcard": (
+        {"cors_origins": "https://*.example.com"},
+        r"key 'cors_origins': 'https://\*\.example\.com' must be an https:// origin without path or wildcard",
+    ),
+    "cors-with-path": (
+        {"cors_origins": "https://app.example.com/ui"},
+        r"key 'cors_origins': .* must be an https:// origin without path",
+    ),
+    "rate-limit-negative": (
+        {"api_rate_limit_rps": "-1"},
+        r"key 'api_rate_limit_rps': Input should be greater than 0",
+    ),
+    "burst-zero": (
+        {"api_burst_limit": "0"},
+        r"key 'api_burst_limit': .*greater than or equal to 1",
+    ),
+    "quota-not-an-integer": (
+        {"api_quota_per_day": "1e3"},
+        r"key 'api_quota_per_day': Input should be a valid integer",
+    ),
+    "budget-negative": (
+        {"monthly_budget_usd": "-5"},
+        r"key 'monthly_budget_usd': Input should be greater than 0",
+    ),
+    "idle-alarm-too-short": (
+        {"idle_alarm_minutes": "2"},
+        r"key 'idle_alarm_minutes': Input should be greater than or equal to 5",
+    ),
+    "unknown-model": (
+        {"model": "twin-llama"},
+        r"unknown model 'twin-llama'.*available: .*twin-llama-3\.1-8b",
+    ),
+}
+
+
+def _build(context: dict) -> None:
+    import aws_cdk as cdk
+
+    from stacks.app_builder import build_app
+
+    build_app(cdk.App(context={"aws:cdk:bundling-stacks": [], **context}))
+
+
+@pytest.mark.parametrize(
+    ("context", "expected"), list(CONTEXT_MISTAKES.values()), ids=list(CONTEXT_MISTAKES)
+)
+def test_context_mistake_fails_synth_naming_key_and_allowed_values(context, expected):
+    with pytest.raises(ConfigError) as info:
+        _build(context)
+    message = str(info.value)
+    assert re.search(expected, message), message
+    if "model" not in context:
+        assert message.startswith("cdk context: key "), message
+
+
+def test_several_context_mistakes_are_reported_together():
+    with pytest.raises(ConfigError) as info:
+        _build({"project": "X", "trace_sample_rate": "2", "alarm_email": "a@b.c"})
+    lines = str(info.value).splitlines()
+    assert [line.split("'")[1] for line in lines] == ["project", "trace_sample_rate"]
+
+
+# model_config mistakes through build_app: the loader reads a temporary model_config folder.
+MODEL_MISTAKES = {
+    "yaml-syntax": ("tgi: {max_input_tokens: 10\n", r"m\.yaml: not valid YAML"),
+    "unknown-field": (_with(quantise="awq"), r"m\.yaml: field 'quantise': unknown field"),
+    "nested-unknown-field": (
+        _with(**{"scaling.mode_": "always_on"}),
+        r"m\.yaml: field 'scaling\.mode_': unknown field",
+    ),
+    "quantize-not-allowed": (
+        _with(**{"tgi.quantize": "int3"}),
+        r"field 'tgi\.quantize': .*'awq', .*'fp8'; got 'int3'",
+    ),
+    "scaling-mode-not-allowed": (
+        _with(**{"scaling.mode": "sometimes"}),
+        r"field 'scaling\.mode': .*'always_on' or 'scale_to_zero'; got 'sometimes'",
+    ),
+    "temperature-out-of-range": (
+        _with(**{"generation.temperature": 3}),
+        r"field 'generation\.temperature': Input should be less than or equal to 2",
+    ),
+    "top-p-zero": (
+        _with(**{"generation.top_p": 0}),
+        r"field 'generation\.top_p': Input should be greater than 0",
+    ),
+    "scale-to-zero-with-copies": (
+        _with(**{"scaling.mode": "scale_to_zero", "scaling.min_copies": 1}),
+        r"field 'scaling': scale_to_zero needs min_copies: 0",
+    ),
+    "health-check-too-short": (
+        _with(startup_health_check_timeout_s=10),
+        r"field 'startup_health_check_timeout_s': Input should be greater than or equal to 60",
+    ),
+    "cpu-share-above-instance": (
+        _with(**{"compute.cpu_cores": 64}),
+        r"field '\(top level\)': compute\.cpu_cores exceeds the 8 vCPUs",
+    ),
+    "instance-not-gpu": (
+        _with(instance_type="ml.m5.xlarge"),
+        r"field 'instance_type': 'ml\.m5\.xlarge' is not a known GPU instance; allowed: .*ml\.g5\.2xlarge",
+    ),
+    "empty-file": ("", r"m\.yaml: must be a YAML mapping of fields, got NoneType"),
+}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"), list(MODEL_MISTAKES.values()), ids=list(MODEL_MISTAKES)
+)
+def test_model_config_mistake_fails_synth_naming_file_and_field(
+    tmp_path, monkeypatch, content, expected
+):
+    import functools
+
+    import stacks.app_builder
+
+    _write(tmp_path, content)
+    monkeypatch.setattr(
+        stacks.app_builder,
+        "load_model_config",
+        functools.partial(load_model_config, config_dir=tmp_path),
+    )
+    with pytest.raises(ConfigError, match=expected):
+        _build({"model": "m"})
+
+
+def test_app_py_prints_the_context_key_and_exits_1(tmp_path):
+    # Given a context mistake as the cdk CLI passes it; When app.py runs; Then it exits 1, no trace
+    env = {
+        **os.environ,
+        "CDK_CONTEXT_JSON": '{"lambda_reserved_concurrency": "many", "alarm_email": "oncall"}',
+        "CDK_OUTDIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "app.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1
+    assert "configuration error:" in done.stderr and "Traceback" not in done.stderr
+    assert "key 'lambda_reserved_concurrency': Input should be a valid integer" in done.stderr
+    assert "key 'alarm_email': String should match pattern" in done.stderr
