@@ -56,4 +56,4 @@ def build_app(app: cdk.App) -> dict[str, cdk.Stack]:
 
 
 def _context(app: cdk.App) -> dict[str, object]:
-    return {key: app.node.try_get_context(key) for key in DeploymentConfig.model_fields}
+    return dict(app.node.get_all_context())

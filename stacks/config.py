@@ -304,7 +304,7 @@ class DeploymentConfig(_Strict):
 
     model: str = "twin-llama-3.1-8b"
     project: str = Field(default="llm-twin", pattern=r"^[a-z][a-z0-9-]{1,30}$")
-    qdrant_url: str | None = None
+    qdrant_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(:\d+)?(/\S*)?$")
     qdrant_api_key_secret_name: str | None = None
     api_rate_limit_rps: float = Field(default=10, gt=0, le=10000)
     api_burst_limit: int = Field(default=20, ge=1, le=5000)
@@ -344,8 +344,22 @@ class DeploymentConfig(_Strict):
         return value
 
 
+APP_CONTEXT_KEYS = frozenset({"account", "region", "bundle"})
+"""Plain context keys the app reads besides DeploymentConfig's fields."""
+_PLAIN_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
 def load_deployment_config(context: Mapping[str, Any]) -> DeploymentConfig:
-    """Validate the cdk context values this app reads (unknown keys belong to CDK itself)."""
+    """Validate the cdk context values this app reads. Keys CDK owns carry a prefix or a colon
+    (`@aws-cdk/...`, `aws:cdk:...`, lookups); any other key must be one of ours, so a typo such as
+    `-c alarm_emial=...` fails instead of being silently ignored."""
+    allowed = set(DeploymentConfig.model_fields) | APP_CONTEXT_KEYS
+    unknown = sorted(k for k in context if _PLAIN_KEY.match(k) and k not in allowed)
+    if unknown:
+        raise ConfigError(
+            f"cdk context: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(allowed))}"
+        )
     known = {
         k: v for k, v in context.items() if k in DeploymentConfig.model_fields and v is not None
     }

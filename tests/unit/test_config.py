@@ -350,3 +350,16 @@ def test_app_py_prints_the_context_key_and_exits_1(tmp_path):
     assert "configuration error:" in done.stderr and "Traceback" not in done.stderr
     assert "key 'lambda_reserved_concurrency': Input should be a valid integer" in done.stderr
     assert "key 'alarm_email': String should match pattern" in done.stderr
+
+
+def test_a_misspelled_context_key_fails_instead_of_being_ignored():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'alarm_emial'.*known: .*alarm_email"):
+        load_deployment_config({"alarm_emial": "oncall@example.com"})
+    # keys CDK owns (prefixed or with a colon) are not ours to judge
+    load_deployment_config({"@aws-cdk/core:checkSecretUsage": True, "aws:cdk:bundling-stacks": []})
+
+
+def test_qdrant_url_must_be_http_or_https():
+    with pytest.raises(ConfigError, match=r"key 'qdrant_url'"):
+        load_deployment_config({"qdrant_url": "ftp://qdrant.example"})
+    assert load_deployment_config({"qdrant_url": "https://q.example:6333"}).qdrant_url
