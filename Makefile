@@ -11,7 +11,7 @@ CDK_CONTEXT := $(if $(MODEL),-c model=$(MODEL),)
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONPATH := $(CURDIR)/lambda_src:$(CURDIR)
 
-.PHONY: help install test lint unit synth synth-offline package deploy destroy preflight cost pin local ingest \
+.PHONY: help install checkov-venv test lint unit synth synth-offline package deploy destroy preflight cost pin local ingest \
         models bench bench-baseline e2e clean
 
 help: ## list the targets
@@ -42,7 +42,16 @@ synth-offline: install ## cdk synth through the pinned CLI with no network and n
 	  unshare -rn $(CDK) synth --quiet --no-notices --no-version-reporting $(CDK_CONTEXT) \
 	  -c bundle=false -o build/cdk.out.offline
 
-test: install lint unit synth-offline ## lint, every test, and an offline synth
+CHECKOV_VENV := .venv-checkov
+# checkov pins boto3 (and more) exactly, against requirements.txt: its own venv, templates only.
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	@touch $@
+
+checkov-venv: $(CHECKOV_VENV)/.installed ## install checkov into .venv-checkov (make test runs it on the templates)
+
+test: install checkov-venv lint unit synth-offline ## lint, every test (security gates included), an offline synth
 
 synth: install ## write the CloudFormation templates to cdk.out (no bundling: templates only)
 	$(CDK) synth --quiet --no-notices $(CDK_CONTEXT) -c bundle=false
@@ -53,6 +62,22 @@ package: install models ## synth with the real Lambda bundles and the model asse
 
 models: install ## download the pinned embedding and reranker models (Hugging Face Hub)
 	$(PY) -m tools.fetch_models
+
+local: install ## serve the API on 127.0.0.1:8000: embedded Qdrant + sample corpus (README "Local mode")
+	@if [ -z "$$EMBEDDING_MODEL_DIR" ] && [ ! -d build/models/embedding ]; then \
+	  $(PY) -m tools.fetch_models || { \
+	    echo; \
+	    echo "make local: no embedding model yet. Either set EMBEDDING_MODEL_DIR to a folder holding"; \
+	    echo "model.onnx + tokenizer.json, or (when the error above says the lock is not pinned yet)"; \
+	    echo "pin and download the models once, review and commit tools/model_assets.json, then rerun:"; \
+	    echo "  $(PY) -m tools.fetch_models --update-lock && make local"; \
+	    exit 1; }; \
+	fi
+	$(PY) -m tools.local_server
+
+ingest: install ## load JSONL documents into Qdrant: make ingest FILE=docs.jsonl [QDRANT_URL=...] [STRICT=1]
+	@test -n "$(FILE)" || { echo "usage: make ingest FILE=docs.jsonl [QDRANT_URL=https://...] [STRICT=1]"; exit 2; }
+	$(PY) -m tools.ingest "$(FILE)" $(if $(QDRANT_URL),--qdrant-url "$(QDRANT_URL)",--qdrant-path "$(or $(QDRANT_PATH),.local/qdrant)") $(if $(STRICT),--strict,)
 
 preflight: install ## check quota, model access and fit, Qdrant before a deploy
 	$(PY) -m tools.preflight $(if $(MODEL),--model $(MODEL),)
@@ -73,5 +98,25 @@ cost: install ## estimated hourly and monthly cost of the configured model
 pin: install ## resolve the model's hf_revision branch to a commit SHA in its YAML
 	$(PY) -m tools.pin_revision --model $(or $(MODEL),$$($(PY) -m tools.stack_names model))
 
-clean: ## remove build outputs (keeps .venv and node_modules)
-	rm -rf cdk.out build .pytest_cache .mypy_cache .ruff_cache
+e2e: install models ## deploy to a real account, call the API, check the trace, destroy (costs a GPU hour)
+	E2E=1 $(PY) -m pytest tests/e2e -v -rs
+
+BASELINE_VENV := .venv-baseline
+# torch's CPU build: a local wheel when this machine has one, else the PyTorch CPU index (PyPI's
+# Linux torch is the CUDA build, gigabytes for nothing here).
+TORCH_SOURCE := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),,--extra-index-url https://download.pytorch.org/whl/cpu)
+
+bench: install ## benchmark table (cold init, warm overhead, critical path, ingest, bundles, load, baseline)
+	$(PY) -m tools.bench $(if $(QUICK),--quick,)
+
+bench-baseline: ## create .venv-baseline (torch CPU + sentence-transformers): make bench's Handbook columns
+	@test -x $(BASELINE_VENV)/bin/python || $(PYTHON) -m venv $(BASELINE_VENV)
+	$(BASELINE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BASELINE_VENV)/bin/python -m pip install --quiet $(TORCH_SOURCE) torch==2.13.0
+	$(BASELINE_VENV)/bin/python -m pip install --quiet sentence-transformers==6.2.0 transformers==5.24.0 \
+	  onnx==1.23.2 numpy==2.4.6 qdrant-client==1.20.0
+	@echo "baseline environment ready: make bench adds the Handbook columns"
+
+clean: ## remove build outputs (keeps .venv, node_modules, downloaded models and .local data)
+	rm -rf cdk.out .pytest_cache .mypy_cache .ruff_cache
+	find build -mindepth 1 -maxdepth 1 ! -name models -exec rm -rf {} + 2>/dev/null || true
