@@ -70,6 +70,7 @@ LOAD_DELAY_S = 0.3
 LOAD_CLIENTS = 8
 LOAD_SECONDS, LOAD_SECONDS_QUICK = 20.0, 6.0
 LOAD_CLIENT_TIMEOUT_S = 30.0
+LOAD_SAMPLE_S = 5.0
 SERVER_START_TIMEOUT_S = 120.0
 CHILD_TIMEOUT_S = 300.0
 BASELINE_TIMEOUT_S = 900.0
@@ -732,13 +733,25 @@ def load_run(models: Models, qdrant_path: Path, seconds: float) -> dict[str, Any
                     i += LOAD_CLIENTS
                 conn.close()
 
+            # RSS every LOAD_SAMPLE_S: growth shows as a rising second half, not a first-step jump
+            samples: list[float] = []
+            stop_sampling = threading.Event()
+
+            def sample() -> None:
+                while not stop_sampling.wait(LOAD_SAMPLE_S):
+                    samples.append(proc_status(server.pid)["rss_mb"])
+
+            sampler = threading.Thread(target=sample, daemon=True)
             started = time.perf_counter()
             threads = [threading.Thread(target=client, args=(n,)) for n in range(LOAD_CLIENTS)]
+            sampler.start()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(seconds + LOAD_CLIENT_TIMEOUT_S * 2)
             wall = time.perf_counter() - started
+            stop_sampling.set()
+            sampler.join(LOAD_SAMPLE_S * 2)
             after = proc_status(server.pid)
         finally:
             server.terminate()
@@ -757,6 +770,7 @@ def load_run(models: Models, qdrant_path: Path, seconds: float) -> dict[str, Any
         "error_kinds": sorted(set(errors)),
         "threads": (before["threads"], after["threads"]),
         "rss_mb": (before["rss_mb"], after["rss_mb"]),
+        "rss_samples_mb": samples,
     }
 
 
@@ -924,8 +938,9 @@ def render(results: dict[str, Any]) -> str:
             f"{ld['errors']} errors",
             note=f"{ld['requests']} requests on 127.0.0.1; server threads "
             f"{ld['threads'][0]:.0f} -> {ld['threads'][1]:.0f}, RSS {ld['rss_mb'][0]:.0f} -> "
-            f"{ld['rss_mb'][1]:.0f} MB; the local server resolves one request at a time, like one "
-            "Lambda container"
+            f"{ld['rss_mb'][1]:.0f} MB (every {LOAD_SAMPLE_S:.0f} s: "
+            f"{', '.join(f'{v:.0f}' for v in ld.get('rss_samples_mb', []))}); the local server "
+            "resolves one request at a time, like one Lambda container"
             + (f"; errors: {', '.join(ld['error_kinds'])}" if ld["error_kinds"] else ""),
         )
     if not base:
