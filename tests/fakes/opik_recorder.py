@@ -13,22 +13,19 @@ fail (5xx), drop connections, or go down and come back on the same port.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
-import socket
 import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer, TrackedHandler
 
 TRACES_BATCH = "/v1/private/traces/batch"
 SPANS_BATCH = "/v1/private/spans/batch"
 TRACE_UPDATE = "/v1/private/traces/"
 SPAN_UPDATE = "/v1/private/spans/"
-SHUTDOWN_POLL_S = 0.05
-"""How often the serving thread checks for shutdown; short so `down`/`stop` return quickly."""
 API_PREFIX = "/api"
 """Comet's URL is .../opik/api; a base URL ending in /api is accepted too."""
 
@@ -57,66 +54,20 @@ class _State:
     spans: dict[str, dict[str, Any]] = field(default_factory=dict)
     writes: dict[str, int] = field(default_factory=dict)
     faults: _Faults = field(default_factory=_Faults)
-    connections: set[socket.socket] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class OpikRecorder:
+class OpikRecorder(LoopbackServer):
     """Threaded HTTP server on 127.0.0.1 and an ephemeral port; see the module docstring."""
 
+    thread_name = "opik-recorder"
+
     def __init__(self) -> None:
+        super().__init__()
         self._state = _State()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
 
-    # lifecycle -------------------------------------------------------------------------------
-    def start(self) -> OpikRecorder:
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self._state))
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": SHUTDOWN_POLL_S},
-            name="opik-recorder",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        with self._state.lock:  # kept-alive client connections would otherwise still be served
-            for connection in self._state.connections:
-                with contextlib.suppress(OSError):  # already closed by the client
-                    connection.shutdown(socket.SHUT_RDWR)
-            self._state.connections.clear()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def down(self) -> None:
-        """Stop listening: connections are refused until `up`."""
-        self.stop()
-
-    def up(self) -> None:
-        """Listen again on the same port, keeping everything recorded so far."""
-        if self._server is None:
-            self.start()
-
-    def __enter__(self) -> OpikRecorder:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def handler_class(self) -> type[TrackedHandler]:
+        return _handler_for(self._state)
 
     # fault modes -----------------------------------------------------------------------------
     def fail_next(
@@ -167,23 +118,8 @@ class OpikRecorder:
             self._state.faults = _Faults()
 
 
-def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self) -> None:
-            super().setup()
-            with state.lock:
-                state.connections.add(self.connection)
-
-        def finish(self) -> None:
-            with state.lock:
-                state.connections.discard(self.connection)
-            super().finish()
-
-        def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
-            return None
-
+def _handler_for(state: _State) -> type[TrackedHandler]:
+    class Handler(TrackedHandler):
         def do_GET(self) -> None:
             self._handle()
 

@@ -15,18 +15,16 @@ payloads. Fault modes make it misbehave the way a Qdrant server or its load bala
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import socket
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 from qdrant_client import QdrantClient, models
 
-SHUTDOWN_POLL_S = 0.02
+from tests.fakes.loopback import LoopbackServer, TrackedHandler
+
 _ROUTE = re.compile(
     r"^/collections/(?P<name>[^/]+)(?P<rest>/exists|/points/count|/points/query/batch)?$"
 )
@@ -61,20 +59,24 @@ class _State:
     fault: QdrantFault | None = None
     calls: list[str] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
-    connections: set[socket.socket] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class QdrantFake:
-    def __init__(self, backend: QdrantClient, *, port: int = 0) -> None:
-        self._state = _State(backend)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.port = port
+class QdrantFake(LoopbackServer):
+    thread_name = "qdrant-fake"
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __init__(self, backend: QdrantClient, *, port: int = 0) -> None:
+        super().__init__(port=port)
+        self._state = _State(backend)
+
+    def handler_class(self) -> type[TrackedHandler]:
+        return _handler_for(self._state)
+
+    def _before_start(self) -> None:
+        self._state.stopping.clear()
+
+    def _before_stop(self) -> None:
+        self._state.stopping.set()  # wakes slow handlers
 
     @property
     def calls(self) -> list[str]:
@@ -84,48 +86,6 @@ class QdrantFake:
     def set_fault(self, fault: QdrantFault | None) -> None:
         with self._state.lock:
             self._state.fault = fault
-
-    def start(self) -> QdrantFake:
-        self._state.stopping.clear()
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self._state))
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(SHUTDOWN_POLL_S,), name="qdrant-fake", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._state.stopping.set()  # wakes slow handlers
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        with self._state.lock:  # kept-alive client connections must see the server gone too
-            for connection in self._state.connections:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-            self._state.connections.clear()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def down(self) -> None:
-        """Stop listening: connections are refused until `up`."""
-        self.stop()
-
-    def up(self) -> None:
-        """Listen again on the same port."""
-        if self._server is None:
-            self.start()
-
-    def __enter__(self) -> QdrantFake:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 def _ok(result: Any) -> tuple[int, dict[str, Any]]:
@@ -171,24 +131,8 @@ def _answer(state: _State, method: str, path: str, body: Any) -> tuple[int, dict
     return _error(405, f"{method} not supported by the fake on {path}")
 
 
-def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self) -> None:
-            super().setup()
-            with state.lock:
-                state.connections.add(self.connection)
-
-        def finish(self) -> None:
-            with state.lock:
-                state.connections.discard(self.connection)
-            with contextlib.suppress(OSError):
-                super().finish()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
+def _handler_for(state: _State) -> type[TrackedHandler]:
+    class Handler(TrackedHandler):
         def do_GET(self) -> None:
             self._handle()
 
