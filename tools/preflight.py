@@ -81,7 +81,7 @@ class CheckResult:
 def check_aws(session: boto3.Session) -> CheckResult:
     how = (
         "set credentials with `aws configure` (or `aws sso login` / AWS_PROFILE=<profile>) and a region "
-        "with AWS_REGION=<region> or `aws configure set region <region>`"
+        "with AWS_DEFAULT_REGION=<region> or `aws configure set region <region>`"
     )
     if session.get_credentials() is None:
         return CheckResult("FAIL", "aws-credentials", f"no AWS credentials found; {how}")

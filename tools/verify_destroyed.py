@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 
 PROJECT_TAG = "project"
 LOG_GROUP_ROOTS = (
@@ -169,8 +170,18 @@ def main(argv: Sequence[str] | None = None, session: boto3.Session | None = None
     parser.add_argument("--region", default=None, help="default: the AWS session's region")
     args = parser.parse_args(argv)
     session = session or boto3.Session(region_name=args.region)
-    region = session.region_name or "us-east-1"
-    return report(find_leftovers(session, args.project), args.project, region)
+    if session.region_name is None:
+        print(
+            "cannot verify: no AWS region (set AWS_DEFAULT_REGION or pass --region: the one you deployed to)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        leftovers = find_leftovers(session, args.project)
+    except (BotoCoreError, ClientError) as exc:
+        print(f"cannot verify what remains: {exc}", file=sys.stderr)
+        return 2
+    return report(leftovers, args.project, session.region_name)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def _aws_ready() -> str | None:
 
         session = boto3.Session()
         if session.region_name is None:
-            return "no AWS region configured (AWS_REGION / aws configure)"
+            return "no AWS region configured (AWS_DEFAULT_REGION / aws configure)"
         session.client("sts").get_caller_identity()
     except Exception as exc:  # any failure means: no usable credentials
         return f"no usable AWS credentials: {type(exc).__name__}"

@@ -103,7 +103,9 @@ def test_missing_credentials_fail_with_how_to_set_them(
     result = check_aws(boto3.Session(region_name=REGION))
     assert result.status == "FAIL"
     assert (
-        "aws configure" in result.why and "AWS_PROFILE" in result.why and "AWS_REGION" in result.why
+        "aws configure" in result.why
+        and "AWS_PROFILE" in result.why
+        and "AWS_DEFAULT_REGION" in result.why
     )
 
 

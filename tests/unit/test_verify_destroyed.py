@@ -150,3 +150,15 @@ def test_main_exits_non_zero_while_resources_remain(aws: _Session) -> None:
 
     # When the CLI runs; Then it fails
     assert verify_destroyed.main(["--project", PROJECT], session=aws) == 1
+
+
+def test_without_a_region_it_says_how_to_name_one(monkeypatch, capsys):
+    import boto3
+
+    from tools.verify_destroyed import main
+
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    assert main([], session=boto3.Session(region_name=None)) == 2
+    assert "AWS_DEFAULT_REGION or pass --region" in capsys.readouterr().err
