@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from rag.pipeline import Deps
+from rag.ports import LLM, Embedder, Reranker, TraceSink, VectorStore
 from rag.settings import Settings
 
 _deps: Deps | None = None
@@ -27,11 +28,28 @@ def get_deps() -> Deps:
 
 
 def build_deps(settings: Settings) -> Deps:
-    from rag.llm import build_llm
+    """Models on a side thread while this one imports and builds the clients: fetching the model
+    archive (S3, in Lambda) and creating ONNX sessions mostly wait on I/O or run in C++ outside the
+    GIL, while importing qdrant-client and boto3 is pure Python, so the two overlap."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cold-models") as pool:
+        models = pool.submit(_load_models, settings)
+        store, llm, sink = _build_clients(settings)
+        embedder, reranker = models.result()
+    return Deps(
+        settings=settings,
+        llm=llm,
+        embedder=embedder,
+        reranker=reranker,
+        store=store,
+        sink=sink,
+    )
+
+
+def _load_models(settings: Settings) -> tuple[Embedder, Reranker | None]:
     from rag.model_store import resolve_model_dirs
     from rag.onnx_models import OnnxCrossEncoder, OnnxEmbedder
-    from rag.sinks import build_sink
-    from rag.vectorstore import QdrantStore
 
     dirs = resolve_model_dirs(
         embedding_dir=_path(settings.embedding_model_dir),
@@ -45,6 +63,14 @@ def build_deps(settings: Settings) -> Deps:
         reranker = OnnxCrossEncoder(
             dirs.reranker, threads=settings.ort_threads, max_length=settings.rerank_max_length
         )
+    return embedder, reranker
+
+
+def _build_clients(settings: Settings) -> tuple[VectorStore, LLM | None, TraceSink]:
+    from rag.llm import build_llm
+    from rag.sinks import build_sink
+    from rag.vectorstore import QdrantStore
+
     store = QdrantStore.from_settings(
         url=settings.qdrant_url,
         path=settings.qdrant_path,
@@ -66,14 +92,7 @@ def build_deps(settings: Settings) -> Deps:
         sample_rate=settings.trace_sample_rate,
         redaction=settings.trace_redaction,
     )
-    return Deps(
-        settings=settings,
-        llm=llm,
-        embedder=embedder,
-        reranker=reranker,
-        store=store,
-        sink=sink,
-    )
+    return store, llm, sink
 
 
 def _path(value: str | None) -> Path | None:
