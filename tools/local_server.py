@@ -499,6 +499,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
 
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, QUERY, ...) goes to the handler too, which answers 405 in the
+        # API's JSON error shape; http.server would send its own HTML 501 page.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
+
     def _serve(self) -> None:
         started = time.perf_counter()
         status = 0  # stays 0 when the client went away before an answer was written

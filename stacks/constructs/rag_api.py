@@ -16,6 +16,7 @@ from aws_cdk import AssetHashType, Duration, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_secretsmanager as secretsmanager
@@ -229,7 +230,7 @@ class RagApi(Construct):
             secret = created
         return QdrantConnection(url=deployment.qdrant_url, secret=secret)
 
-    def _rest_api(self, function: object, deployment: DeploymentConfig) -> apigw.RestApi:
+    def _rest_api(self, function: lambda_.IFunction, deployment: DeploymentConfig) -> apigw.RestApi:
         access_logs = logs.LogGroup(
             self,
             "AccessLogs",
@@ -296,7 +297,7 @@ class RagApi(Construct):
         rag_model = self._body_model(api, "RagRequest", with_generation=True)
         retrieve_model = self._body_model(api, "RetrieveRequest", with_generation=False)
         integration = apigw.LambdaIntegration(
-            function,  # type: ignore[arg-type]
+            function,
             timeout=Duration.seconds(API_GATEWAY_TIMEOUT_S),
         )
         for path, model in (("rag", rag_model), ("retrieve", retrieve_model)):

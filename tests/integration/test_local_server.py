@@ -530,3 +530,10 @@ def test_restart_reuses_the_store_and_retrieve_works_without_an_llm(
     assert {c["author_full_name"] for c in by_author.json()["chunks"]} == {"Maya Okafor"}
     assert plain.status_code == 200, plain.text
     assert plain.json()["chunks"]
+
+
+def test_an_unusual_method_gets_the_json_error_not_an_html_page(client: httpx.Client) -> None:
+    # Given a method http.server has no handler for, then the API's own 405 JSON answers
+    response = client.request("TRACE", "/rag")
+    assert response.status_code == 405
+    assert set(response.json()["error"]) == {"code", "message"}
