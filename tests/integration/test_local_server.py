@@ -414,6 +414,13 @@ def test_wrong_method_is_405_with_allow(
     assert response.headers["allow"] == allow
 
 
+def test_an_unusual_method_gets_the_json_error_not_an_html_page(client: httpx.Client) -> None:
+    # Given a method http.server has no handler for, then the API's own 405 JSON answers
+    response = client.request("TRACE", "/rag")
+    assert response.status_code == 405
+    assert set(response.json()["error"]) == {"code", "message"}
+
+
 def test_unknown_path_is_404(client: httpx.Client) -> None:
     assert_error(client.get("/nope/deeper"), 404, "not_found")
 
@@ -530,10 +537,3 @@ def test_restart_reuses_the_store_and_retrieve_works_without_an_llm(
     assert {c["author_full_name"] for c in by_author.json()["chunks"]} == {"Maya Okafor"}
     assert plain.status_code == 200, plain.text
     assert plain.json()["chunks"]
-
-
-def test_an_unusual_method_gets_the_json_error_not_an_html_page(client: httpx.Client) -> None:
-    # Given a method http.server has no handler for, then the API's own 405 JSON answers
-    response = client.request("TRACE", "/rag")
-    assert response.status_code == 405
-    assert set(response.json()["error"]) == {"code", "message"}
