@@ -61,16 +61,14 @@ package: install models ## synth with the real Lambda bundles and the model asse
 	$(CDK) synth --quiet --no-notices $(CDK_CONTEXT)
 
 models: install ## download the pinned embedding and reranker models (Hugging Face Hub)
-	$(PY) -m tools.fetch_models
+	$(PY) -m tools.fetch_models --pin-if-unpinned
 
 local: install ## serve the API on 127.0.0.1:8000: embedded Qdrant + sample corpus (README "Local mode")
 	@if [ -z "$$EMBEDDING_MODEL_DIR" ] && [ ! -d build/models/embedding ]; then \
-	  $(PY) -m tools.fetch_models || { \
+	  $(PY) -m tools.fetch_models --pin-if-unpinned || { \
 	    echo; \
-	    echo "make local: no embedding model yet. Either set EMBEDDING_MODEL_DIR to a folder holding"; \
-	    echo "model.onnx + tokenizer.json, or (when the error above says the lock is not pinned yet)"; \
-	    echo "pin and download the models once, review and commit tools/model_assets.json, then rerun:"; \
-	    echo "  $(PY) -m tools.fetch_models --update-lock && make local"; \
+	    echo "make local: could not download the models (above). Set EMBEDDING_MODEL_DIR (and"; \
+	    echo "RERANKER_MODEL_DIR) to folders holding model.onnx + tokenizer.json, then rerun."; \
 	    exit 1; }; \
 	fi
 	$(PY) -m tools.local_server

@@ -95,6 +95,14 @@ def _check_pinned(name: str, entry: ModelLock, lock_path: Path) -> None:
         raise FetchError(f"{name}: no sha256 for {', '.join(unchecked)}; {hint}")
 
 
+def lock_is_pinned(lock_path: Path) -> bool:
+    """Every model names a commit SHA and every file a sha256."""
+    return all(
+        _COMMIT_SHA.match(entry.revision) and all(entry.files.values())
+        for entry in load_lock(lock_path).values()
+    )
+
+
 def _hub_checksums(hub: Hub, entry: ModelLock) -> tuple[str, dict[str, str | None]]:
     """The commit SHA of `entry.revision` and the Hub's LFS sha256 of each locked file."""
     info = hub.model_info(entry.repo, revision=entry.revision, files_metadata=True)
@@ -181,24 +189,37 @@ def main(argv: Sequence[str] | None = None, *, hub: Hub | None = None) -> int:
     parser.add_argument("--lock", type=Path, default=DEFAULT_LOCK, help="lock file (JSON)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model folders go here")
     parser.add_argument("--update-lock", action="store_true", help="pin revisions and checksums")
+    parser.add_argument(
+        "--pin-if-unpinned",
+        action="store_true",
+        help="first use: when the lock names no commit or checksum yet, pin it (as --update-lock)",
+    )
     args = parser.parse_args(argv)
     if hub is None:
         from huggingface_hub import HfApi
 
         hub = HfApi()
+    update_lock = args.update_lock or (args.pin_if_unpinned and not lock_is_pinned(args.lock))
     try:
         report = fetch_models(
-            hub=hub, lock_path=args.lock, out_dir=args.out, update_lock=args.update_lock
+            hub=hub, lock_path=args.lock, out_dir=args.out, update_lock=update_lock
         )
     except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the Hub client's transport errors (httpx) are not OSError
+        print(
+            f"error: cannot download from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
+            "check the network or HF_ENDPOINT. Nothing was written to the lock.",
+            file=sys.stderr,
+        )
         return 1
     for label in report.downloaded:
         print(f"downloaded {label}")
     for label in report.reused:
         print(f"up to date {label}")
-    if args.update_lock:
-        print(f"lock updated: {args.lock}")
+    if update_lock:
+        print(f"lock updated: {args.lock}: review it and commit it, so later fetches are verified")
     return 0
 
 

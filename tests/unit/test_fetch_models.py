@@ -187,3 +187,37 @@ def test_the_shipped_lock_lists_both_models_for_update() -> None:
     assert lock["reranker"].repo == "cross-encoder/ms-marco-MiniLM-L4-v2"
     for entry in lock.values():
         assert set(entry.files) == {"onnx/model.onnx", "tokenizer.json", "config.json"}
+
+
+def test_first_use_pins_an_unpinned_lock_then_verifies_against_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the shipped kind of lock (no commit, no checksums) and a newcomer's `make models`
+    lock = write_lock(tmp_path / "lock.json", revision="main", pinned=False)
+    hub = FakeHub(FILES)
+    args = ["--lock", str(lock), "--out", str(tmp_path / "m"), "--pin-if-unpinned"]
+    # When it runs, Then the lock is pinned from the Hub's metadata and the files downloaded
+    assert main(args, hub=hub) == 0
+    assert "review it and commit it" in capsys.readouterr().out
+    assert load_lock(lock)["embedding"].revision == COMMIT
+    # And a second run verifies against the now-pinned lock instead of pinning again
+    tampered = tmp_path / "m" / "embedding" / "tokenizer.json"
+    tampered.write_bytes(b"not the pinned bytes")
+    assert main(args, hub=hub) == 0
+    assert "lock updated" not in capsys.readouterr().out
+    assert sha(tampered.read_bytes()) == sha(FILES["tokenizer.json"])
+
+
+def test_an_unreachable_hub_is_one_error_line_and_the_lock_is_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class UnreachableHub(FakeHub):
+        def model_info(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise ConnectionAbortedError("[Errno -2] Name or service not known")
+
+    lock = write_lock(tmp_path / "lock.json", revision="main", pinned=False)
+    before = lock.read_text()
+    args = ["--lock", str(lock), "--out", str(tmp_path / "m"), "--pin-if-unpinned"]
+    assert main(args, hub=UnreachableHub(FILES)) == 1
+    assert "cannot download from the Hugging Face Hub" in capsys.readouterr().err
+    assert lock.read_text() == before
