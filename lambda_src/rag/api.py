@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
@@ -57,6 +57,9 @@ def error_response(error: ApiError) -> Response[str]:
     return _json(error.status, error.body(), headers=error.headers())
 
 
+R = TypeVar("R", bound=RetrieveRequest)
+
+
 def _json(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Response[str]:
@@ -91,19 +94,23 @@ def build_app(deps_factory: Callable[[], Deps]) -> APIGatewayRestResolver:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/rag")
-    @tracer.capture_method(capture_response=False)
-    def rag_route() -> Response[str]:
-        deps = deps_factory()
+    def parsed(name: Literal["rag", "retrieve"], model: type[R], deps: Deps) -> R:
+        """The request body as `model`; a refused body still leaves its trace."""
         try:
-            req = parse_request(
-                RagRequest,
+            return parse_request(
+                model,
                 read_json_body(),
                 max_new_tokens_limit=deps.profile.generation.max_new_tokens_limit,
             )
         except ApiError as exc:
-            pipeline.emit_rejected("rag", exc, deps)
+            pipeline.emit_rejected(name, exc, deps)
             raise
+
+    @app.post("/rag")
+    @tracer.capture_method(capture_response=False)
+    def rag_route() -> Response[str]:
+        deps = deps_factory()
+        req = parsed("rag", RagRequest, deps)
         outcome = pipeline.answer(req, deps)
         return _json(200, _rag_response(outcome, include_context=req.include_context).to_body())
 
@@ -111,16 +118,7 @@ def build_app(deps_factory: Callable[[], Deps]) -> APIGatewayRestResolver:
     @tracer.capture_method(capture_response=False)
     def retrieve_route() -> Response[str]:
         deps = deps_factory()
-        try:
-            req = parse_request(
-                RetrieveRequest,
-                read_json_body(),
-                max_new_tokens_limit=deps.profile.generation.max_new_tokens_limit,
-            )
-        except ApiError as exc:
-            pipeline.emit_rejected("retrieve", exc, deps)
-            raise
-        outcome = pipeline.retrieve(req, deps)
+        outcome = pipeline.retrieve(parsed("retrieve", RetrieveRequest, deps), deps)
         return _json(200, _retrieve_response(outcome).to_body())
 
     @app.exception_handler(ApiError)
