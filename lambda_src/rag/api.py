@@ -60,6 +60,13 @@ def error_response(error: ApiError) -> Response[str]:
 R = TypeVar("R", bound=RetrieveRequest)
 
 
+def _time_left_s(app: APIGatewayRestResolver) -> float | None:
+    """The invocation's remaining time (Lambda, or the local server's stand-in context)."""
+    context = getattr(app, "lambda_context", None)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return remaining() / 1000 if callable(remaining) else None
+
+
 def _json(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Response[str]:
@@ -111,7 +118,7 @@ def build_app(deps_factory: Callable[[], Deps]) -> APIGatewayRestResolver:
     def rag_route() -> Response[str]:
         deps = deps_factory()
         req = parsed("rag", RagRequest, deps)
-        outcome = pipeline.answer(req, deps)
+        outcome = pipeline.answer(req, deps, time_left_s=_time_left_s(app))
         return _json(200, _rag_response(outcome, include_context=req.include_context).to_body())
 
     @app.post("/retrieve")

@@ -63,6 +63,8 @@ NO_LLM_MESSAGE = (
     "LLM_URL=http://127.0.0.1:8080 make local), or LLM_ENDPOINT to a SageMaker endpoint name."
 )
 NO_LLM_RETRY_AFTER_S = 300
+INVOCATION_MARGIN_S = 1.0
+"""Kept back from the invocation's remaining time for the response and Lambda's own overhead."""
 """503s carry Retry-After (DESIGN 3.1); this one lasts until someone configures an LLM."""
 SELF_QUERY_INSTRUCTION = (
     "Extract the full name of the person the user names as the author whose content they want, "
@@ -183,10 +185,13 @@ def retrieve(req: RetrieveRequest, deps: Deps) -> RetrievalOutcome:
     return outcome
 
 
-def answer(req: RagRequest, deps: Deps) -> AnswerOutcome:
+def answer(req: RagRequest, deps: Deps, *, time_left_s: float | None = None) -> AnswerOutcome:
+    """`time_left_s`: what the caller (the Lambda invocation) has left; the request budget is
+    never more than that, less a margin, so a first request that paid for the cold start still
+    ends inside the Lambda timeout."""
     trace = TraceRecorder("rag", deps.clock, _trace_input(req))
     try:
-        outcome = _answer(req, deps, trace)
+        outcome = _answer(req, deps, trace, time_left_s)
     except BaseException as exc:
         _finish(deps, trace, error=exc)
         raise
@@ -447,7 +452,9 @@ def _distinct_alternatives(candidates: Sequence[str], query: str, n: int) -> lis
 # --- answering --------------------------------------------------------------------------------
 
 
-def _answer(req: RagRequest, deps: Deps, trace: TraceRecorder) -> AnswerOutcome:
+def _answer(
+    req: RagRequest, deps: Deps, trace: TraceRecorder, time_left_s: float | None
+) -> AnswerOutcome:
     started_s = deps.clock.perf_s()
     llm = deps.llm
     if llm is None:
@@ -483,7 +490,7 @@ def _answer(req: RagRequest, deps: Deps, trace: TraceRecorder) -> AnswerOutcome:
     timeout_s = generation_timeout_s(
         read_timeout_s=settings.llm_read_timeout_s,
         connect_timeout_s=settings.llm_connect_timeout_s,
-        request_budget_s=settings.request_budget_s,
+        request_budget_s=effective_budget_s(settings.request_budget_s, time_left_s),
         elapsed_s=deps.clock.perf_s() - started_s,
     )
     if timeout_s is None:
@@ -517,6 +524,13 @@ def _answer(req: RagRequest, deps: Deps, trace: TraceRecorder) -> AnswerOutcome:
         retrieval=replace(retrieval, warnings=list(trace.warnings)),
         truncation=built.truncation,
     )
+
+
+def effective_budget_s(configured_s: float | None, time_left_s: float | None) -> float | None:
+    if time_left_s is None:
+        return configured_s
+    left_s = time_left_s - INVOCATION_MARGIN_S
+    return left_s if configured_s is None else min(configured_s, left_s)
 
 
 def _generation_params(profile: ModelProfile, req: RagRequest) -> GenerationParams:

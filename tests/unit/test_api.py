@@ -417,3 +417,39 @@ def test_production_wiring_serves_retrieve_with_local_adapters(
     events = [json.loads(line) for line in trace_file.read_text().splitlines()]
     assert [e["name"] for e in events] == ["retrieve", "rag"]
     assert any("embedded_posts" in w for w in events[0]["metadata"]["warnings"])
+
+
+@dataclass
+class TimedLambdaContext(FakeLambdaContext):
+    remaining_ms: int = 28_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+def _rag_with_time_left(world: FakeWorld, remaining_ms: int) -> tuple[int, dict[str, Any]]:
+    event = api_event(
+        "POST", "/rag", json.dumps({"query": "RAG", "expand": False, "author": "Paul"})
+    )
+    response = build_app(lambda: world.deps).resolve(
+        event, TimedLambdaContext(remaining_ms=remaining_ms)
+    )  # type: ignore[arg-type]
+    return response["statusCode"], json.loads(response["body"])
+
+
+def test_generation_never_gets_more_time_than_the_invocation_has_left() -> None:
+    # Given a 27 s request budget but an invocation that spent most of its time on a cold start
+    world = fake_world(env={"REQUEST_BUDGET_S": "27", "LLM_READ_TIMEOUT_S": "16"})
+    status, _ = _rag_with_time_left(world, remaining_ms=16_000)
+    # Then the generation read timeout shrinks to what the invocation has left
+    assert status == 200
+    (call,) = [c for c in world.llm.calls if c.purpose == "generate"]
+    assert call.timeout_s is not None
+    assert call.timeout_s < 16 - 1
+
+
+def test_an_invocation_about_to_time_out_answers_504_instead_of_being_killed() -> None:
+    world = fake_world(env={"REQUEST_BUDGET_S": "27"})
+    status, body = _rag_with_time_left(world, remaining_ms=5_000)
+    assert status == 504
+    assert_error(body, "request_budget_exhausted")
