@@ -61,9 +61,13 @@ class GenerationRequest(BaseModel):
 class RetrieveRequest(BaseModel):
     model_config = _STRICT
 
-    query: str
+    # The lengths are checked after stripping by the validators below; the schema states them
+    # too, so the API Gateway body model generated from this class rejects them before a Lambda runs.
+    query: str = Field(json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS})
     k: int = Field(default=DEFAULT_K, ge=1, le=MAX_K)
-    author: str | None = None
+    author: str | None = Field(
+        default=None, json_schema_extra={"minLength": 1, "maxLength": MAX_AUTHOR_CHARS}
+    )
     expand: bool = True
 
     @field_validator("query")
