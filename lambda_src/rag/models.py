@@ -61,13 +61,12 @@ class GenerationRequest(BaseModel):
 class RetrieveRequest(BaseModel):
     model_config = _STRICT
 
-    # The lengths are checked after stripping by the validators below; the schema states them
-    # too, so the API Gateway body model generated from this class rejects them before a Lambda runs.
-    query: str = Field(json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS})
+    # Stated in the schema so the API Gateway body model generated from this class refuses an
+    # empty query before a Lambda runs. The maximum lengths count after trimming, which JSON
+    # Schema cannot say: they stay with the validators below.
+    query: str = Field(json_schema_extra={"minLength": 1})
     k: int = Field(default=DEFAULT_K, ge=1, le=MAX_K)
-    author: str | None = Field(
-        default=None, json_schema_extra={"minLength": 1, "maxLength": MAX_AUTHOR_CHARS}
-    )
+    author: str | None = None
     expand: bool = True
 
     @field_validator("query")
