@@ -11,7 +11,7 @@ CDK_CONTEXT := $(if $(MODEL),-c model=$(MODEL),)
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONPATH := $(CURDIR)/lambda_src:$(CURDIR)
 
-.PHONY: help install checkov-venv test lint unit synth synth-offline package deploy destroy preflight cost pin local ingest \
+.PHONY: help install checkov-venv test lint unit synth synth-offline package deploy destroy preflight redrive-traces cost pin local ingest \
         models bench bench-baseline e2e clean
 
 help: ## list the targets
@@ -84,6 +84,9 @@ deploy: install models ## preflight, then deploy every stack (SKIP_PREFLIGHT=1 t
 	@if [ -z "$(SKIP_PREFLIGHT)" ]; then $(MAKE) --no-print-directory preflight; fi
 	$(CDK) deploy --all --require-approval never --no-notices $(CDK_CONTEXT) --outputs-file build/outputs.json
 	@$(PY) -m tools.print_outputs build/outputs.json
+
+redrive-traces: install ## move trace events from the dead-letter queue back: make redrive-traces DLQ_ARN=<arn>
+	$(PY) -m tools.redrive_traces --dlq-arn "$(DLQ_ARN)"
 
 destroy: install ## remove every stack, the GPU endpoint first, then verify nothing billable remains
 	$(CDK) destroy --force --no-notices $(CDK_CONTEXT) "$$($(PY) -m tools.stack_names endpoint)"

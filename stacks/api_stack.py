@@ -14,10 +14,11 @@ from constructs import Construct
 
 from stacks.config import DeploymentConfig, ModelConfig
 from stacks.constructs.cost_guard import CostGuard
-from stacks.constructs.monitoring import MonitoredParts, Monitoring
+from stacks.constructs.monitoring import MonitoredParts, Monitoring, TraceParts
 from stacks.constructs.rag_api import RagApi
 from stacks.constructs.tgi_endpoint import TgiEndpointRef
 from stacks.constructs.trace_pipeline import TracePipeline
+from stacks.constructs.vpc_access import LambdaVpcAccess
 
 
 class RagApiStack(Stack):
@@ -37,14 +38,20 @@ class RagApiStack(Stack):
             if deployment.vpc_id
             else None
         )
-        traces = TracePipeline(self, "Traces", deployment=deployment)
+        if vpc is not None and deployment.vpc_endpoints:
+            LambdaVpcAccess(self, "VpcAccess", vpc=vpc, sends_traces=deployment.traces_enabled)
+        traces = (
+            TracePipeline(self, "Traces", deployment=deployment)
+            if deployment.traces_enabled
+            else None
+        )
         rag = RagApi(
             self,
             "Rag",
             endpoint=endpoint,
             model=model,
             deployment=deployment,
-            trace_queue=traces.queue,
+            trace_queue=traces.queue if traces else None,
             vpc=vpc,
         )
         monitoring = Monitoring(
@@ -53,10 +60,14 @@ class RagApiStack(Stack):
             parts=MonitoredParts(
                 api=rag.api,
                 business=rag.business.function,
-                forwarder=traces.forwarder.function,
                 endpoint=endpoint,
-                trace_queue=traces.queue,
-                dead_letter_queue=traces.dead_letter_queue,
+                traces=TraceParts(
+                    forwarder=traces.forwarder.function,
+                    queue=traces.queue,
+                    dead_letter_queue=traces.dead_letter_queue,
+                )
+                if traces
+                else None,
             ),
             deployment=deployment,
         )
@@ -80,5 +91,20 @@ class RagApiStack(Stack):
         )
         CfnOutput(self, "FunctionName", value=rag.business.function.function_name)
         CfnOutput(self, "QdrantApiKeySecret", value=rag.qdrant.secret.secret_name)
-        CfnOutput(self, "TraceQueueUrl", value=traces.queue.queue_url)
+        CfnOutput(self, "ModelLogGroup", value=endpoint.log_group_name)
+        if traces is None:
+            CfnOutput(
+                self,
+                "Traces",
+                value="off: no opik_api_key_secret_name in the cdk context, so no trace queue "
+                "or forwarder is deployed and requests send no traces",
+            )
+        else:
+            CfnOutput(self, "TraceQueueUrl", value=traces.queue.queue_url)
+            CfnOutput(
+                self,
+                "TraceRedriveCommand",
+                value=f"python -m tools.redrive_traces --dlq-arn {traces.dead_letter_queue.queue_arn} "
+                f"--region {self.region}",
+            )
         CfnOutput(self, "AlarmTopicArn", value=monitoring.topic.topic_arn)

@@ -7,7 +7,12 @@ from aws_cdk import Tags, Validations
 from cdk_nag import AwsSolutionsChecks
 
 from stacks.api_stack import RagApiStack
-from stacks.config import DeploymentConfig, load_deployment_config, load_model_config
+from stacks.config import (
+    ConfigError,
+    DeploymentConfig,
+    load_deployment_config,
+    load_model_config,
+)
 from stacks.endpoint_stack import LlmEndpointStack
 from stacks.nag_packs import SageMakerEndpointNistChecks
 
@@ -29,6 +34,13 @@ def build_app(app: cdk.App) -> dict[str, cdk.Stack]:
     deployment: DeploymentConfig = load_deployment_config(_context(app))
     model = load_model_config(deployment.model)
     env = _environment(app)
+    if deployment.vpc_id and (env is None or not env.account or not env.region):
+        # Vpc.from_lookup reads the VPC's subnets from the account at synth time, which an
+        # environment-agnostic stack cannot do (CDK would fail with a raw lookup error).
+        raise ConfigError(
+            "cdk context: key 'vpc_id' needs the stacks pinned to an account and region: add "
+            "-c account=<12-digit account id> -c region=<region> (or set them in cdk.json)"
+        )
 
     endpoint = LlmEndpointStack(
         app,

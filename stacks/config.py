@@ -87,7 +87,11 @@ class Generation(_Strict):
 
 
 class Scaling(_Strict):
-    """`always_on` keeps min_copies >= 1 warm; `scale_to_zero` releases the GPU when idle."""
+    """`always_on` keeps min_copies >= 1 warm; `scale_to_zero` releases the GPU when idle.
+
+    always_on tracks concurrent requests per copy (high resolution); scale_to_zero follows
+    AWS's documented setup: target tracking on invocations per copy (per minute), which scales
+    in to zero once traffic stops, plus a step policy out of zero (TgiEndpoint)."""
 
     mode: Literal["always_on", "scale_to_zero"] = "always_on"
     min_copies: int | None = Field(default=None, ge=0)
@@ -95,7 +99,7 @@ class Scaling(_Strict):
     target_concurrent_requests_per_copy: int = Field(default=4, ge=1, le=1000)
     scale_out_cooldown_s: int = Field(default=120, ge=0, le=3600)
     scale_in_cooldown_s: int = Field(default=600, ge=0, le=3600)
-    idle_minutes_before_zero: int = Field(default=30, ge=5, le=1440)
+    target_invocations_per_copy_per_minute: int = Field(default=5, ge=1, le=10000)
 
     @model_validator(mode="after")
     def _copies(self) -> Scaling:
@@ -318,11 +322,27 @@ class DeploymentConfig(_Strict):
     trace_redaction: Literal["none", "hash_query", "drop_texts"] = "none"
     lambda_reserved_concurrency: int | None = Field(default=None, ge=1)
     vpc_id: str | None = None
+    vpc_endpoints: bool = True
+    """With vpc_id: create the VPC endpoints the business Lambda needs (S3 gateway; Secrets
+    Manager, SQS, SageMaker runtime interface endpoints). False when the VPC already has them."""
+    api_gateway_account_role: bool = False
+    """Create the region's API Gateway CloudWatch logging role (an account-wide singleton),
+    retained on destroy. Off by default: preflight checks the account has one."""
     monthly_budget_usd: float | None = Field(default=None, gt=0)
     idle_alarm_minutes: int = Field(default=60, ge=5, le=1440)
     idle_scale_to_zero: bool = False
     embedding_model_dir: str | None = None
     reranker_model_dir: str | None = None
+
+    @property
+    def traces_enabled(self) -> bool:
+        """Traces go to Opik (Comet), which needs an API key: without one nothing could take
+        them, so no trace queue or forwarder is deployed and the Lambda sends none."""
+        return self.opik_api_key_secret_name is not None
+
+    @property
+    def business_function_name(self) -> str:
+        return f"{self.project}-rag"
 
     def stack_name(self, kind: str) -> str:
         """`LlmTwinEndpoint`, `LlmTwinApi`: the project name in CamelCase plus the stack's kind."""

@@ -60,10 +60,16 @@ class Estimate:
         return self.price_per_hour * self.billed_hours_per_day * HOURS_PER_MONTH / HOURS_PER_DAY
 
 
+# Target tracking scales in once its AWS-managed low alarm has seen 15 one-minute datapoints
+# below target (Application Auto Scaling User Guide, "target tracking scaling policies"): the
+# instance stays billed that long after the last request.
+SCALE_IN_IDLE_MINUTES = 15
+
+
 def estimate(config: ModelConfig, price_per_hour: float, busy_hours_per_day: float) -> Estimate:
     per_instance = copies_per_instance(config)
     # After the last request the instance stays up for the scale-in idle time before going to zero.
-    idle_tail_h = config.scaling.idle_minutes_before_zero / 60
+    idle_tail_h = SCALE_IN_IDLE_MINUTES / 60
     return Estimate(
         price_per_hour=price_per_hour,
         instances_min=math.ceil(config.scaling.effective_min_copies / per_instance),
@@ -108,7 +114,7 @@ def render(
         f"{_usd(est.max_hourly * HOURS_PER_MONTH)}/month while at max",
     ]
     usage = (
-        f"{busy_hours_per_day:g} busy h/day (+{config.scaling.idle_minutes_before_zero} min idle before scale-in "
+        f"{busy_hours_per_day:g} busy h/day (+{SCALE_IN_IDLE_MINUTES} min idle before scale-in "
         f"= {est.billed_hours_per_day:g} billed h/day, 1 instance)"
     )
     stz = est.scale_to_zero_monthly

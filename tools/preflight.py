@@ -10,6 +10,10 @@
 - gpu-memory: weights + KV cache for the TGI limits + overhead fit the instance's GPU memory.
 - tgi-limits: max_total_tokens within the model's max_position_embeddings.
 - qdrant: the collections exist with one unnamed 384-d vector (when a Qdrant URL is configured).
+- api-gateway-logging-role: the region's API Gateway account settings name a CloudWatch Logs
+  role that exists (stage access and execution logging need it; the stack does not own it).
+- lambda-concurrency: reserving `lambda_reserved_concurrency` leaves Lambda's minimum of 100
+  unreserved concurrent executions in the account.
 
 Every client is injectable so tests run the real checks against moto and fakes.
 """
@@ -161,6 +165,95 @@ def check_quota(config: ModelConfig, client: Any, region: str) -> CheckResult:
         f"https://{region}.console.aws.amazon.com/servicequotas/home/services/sagemaker/quotas/{code} or run "
         f"`aws service-quotas request-service-quota-increase --service-code sagemaker --quota-code {code} "
         f"--desired-value {need} --region {region}`",
+    )
+
+
+APIGW_LOGS_ROLE_NAME = "apigateway-cloudwatch-logs"
+APIGW_LOGS_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
+LAMBDA_MIN_UNRESERVED = 100
+"""Lambda keeps at least this many concurrent executions unreserved per account and region."""
+
+
+def _apigw_role_fix(account: str, region: str) -> str:
+    trust = (
+        '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":'
+        '{"Service":"apigateway.amazonaws.com"},"Action":"sts:AssumeRole"}]}'
+    )
+    return (
+        "one-time fix for the account and region: "
+        f"`aws iam create-role --role-name {APIGW_LOGS_ROLE_NAME} --assume-role-policy-document "
+        f"'{trust}'` then `aws iam attach-role-policy --role-name {APIGW_LOGS_ROLE_NAME} "
+        f"--policy-arn {APIGW_LOGS_POLICY}` then `aws apigateway update-account --region {region} "
+        f"--patch-operations op=replace,path=/cloudwatchRoleArn,value=arn:aws:iam::{account}:role/"
+        f"{APIGW_LOGS_ROLE_NAME}`; or deploy with -c api_gateway_account_role=true (the stack "
+        "then creates the role and keeps it on destroy)"
+    )
+
+
+def check_api_gateway_role(
+    apigateway: Any, iam: Any, *, account: str, region: str, stack_creates_it: bool
+) -> CheckResult:
+    """API Gateway writes stage logs with the role in its account settings; without one, a stage
+    with logging enabled fails to deploy, and a role deleted since breaks logging silently."""
+    name = "api-gateway-logging-role"
+    if stack_creates_it:
+        return CheckResult("PASS", name, "created by the stack (api_gateway_account_role=true)")
+    try:
+        arn = apigateway.get_account().get("cloudwatchRoleArn")
+    except (ClientError, BotoCoreError) as exc:
+        return CheckResult("FAIL", name, f"cannot read API Gateway account settings: {exc}")
+    if not arn:
+        return CheckResult(
+            "FAIL",
+            name,
+            f"API Gateway in {region} has no CloudWatch Logs role; "
+            + _apigw_role_fix(account, region),
+        )
+    try:
+        iam.get_role(RoleName=arn.rsplit("/", 1)[-1])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchEntity":
+            return CheckResult("FAIL", name, f"cannot read role {arn}: {exc}")
+        return CheckResult(
+            "FAIL",
+            name,
+            f"API Gateway in {region} points at {arn}, which no longer exists; "
+            + _apigw_role_fix(account, region),
+        )
+    return CheckResult("PASS", name, f"API Gateway in {region} logs with {arn}")
+
+
+def check_lambda_concurrency(
+    lambda_client: Any, *, function_name: str, reserve: int | None
+) -> CheckResult:
+    name = "lambda-concurrency"
+    try:
+        limit = lambda_client.get_account_settings()["AccountLimit"]
+        unreserved = int(limit["UnreservedConcurrentExecutions"])
+        if reserve is None:
+            return CheckResult(
+                "PASS", name, f"no reserved concurrency asked; {unreserved} unreserved"
+            )
+        try:  # a redeploy: this function's current reservation is given back first
+            current = lambda_client.get_function_concurrency(FunctionName=function_name)
+            unreserved += int(current.get("ReservedConcurrentExecutions") or 0)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                raise
+    except (ClientError, BotoCoreError) as exc:
+        return CheckResult("FAIL", name, f"cannot read Lambda account settings: {exc}")
+    left = unreserved - reserve
+    if left >= LAMBDA_MIN_UNRESERVED:
+        return CheckResult(
+            "PASS", name, f"reserving {reserve} leaves {left} of {unreserved} unreserved"
+        )
+    return CheckResult(
+        "FAIL",
+        name,
+        f"reserving {reserve} would leave {left} unreserved concurrent executions; Lambda keeps at "
+        f"least {LAMBDA_MIN_UNRESERVED} (account limit {limit['ConcurrentExecutions']}): lower "
+        "lambda_reserved_concurrency, leave it unset, or request a higher 'Concurrent "
+        "executions' quota (service code lambda, quota L-B99A9384)",
     )
 
 
@@ -537,6 +630,9 @@ class Clients:
     quotas: Any | None = None
     secrets: Any | None = None
     hub: HubClient | None = None
+    apigateway: Any | None = None
+    iam: Any | None = None
+    lambda_: Any | None = None
     qdrant_factory: Callable[[str, str | None], Any] | None = None
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
@@ -570,8 +666,26 @@ def run_checks(
     if aws_ok:
         quotas = clients.quotas or session.client("service-quotas")
         results.append(check_quota(config, quotas, region))
+        account = session.client("sts").get_caller_identity()["Account"]
+        results.append(
+            check_api_gateway_role(
+                clients.apigateway or session.client("apigateway"),
+                clients.iam or session.client("iam"),
+                account=account,
+                region=region,
+                stack_creates_it=deployment.api_gateway_account_role,
+            )
+        )
+        results.append(
+            check_lambda_concurrency(
+                clients.lambda_ or session.client("lambda"),
+                function_name=deployment.business_function_name,
+                reserve=deployment.lambda_reserved_concurrency,
+            )
+        )
     else:
-        results.append(CheckResult("SKIP", "service-quota", "needs AWS credentials and a region"))
+        for check in ("service-quota", "api-gateway-logging-role", "lambda-concurrency"):
+            results.append(CheckResult("SKIP", check, "needs AWS credentials and a region"))
 
     secrets = clients.secrets or (session.client("secretsmanager") if aws_ok else None)
     token, token_result = resolve_hf_token(config, clients.env, secrets)

@@ -54,6 +54,8 @@ class Settings(BaseModel):
     opik_project_name: str = Field(default="llm-twin", validation_alias="OPIK_PROJECT_NAME")
     opik_url_override: str = Field(default=OPIK_CLOUD_URL, validation_alias="OPIK_URL_OVERRIDE")
     opik_timeout_s: int = Field(default=10, ge=1, le=60, validation_alias="OPIK_TIMEOUT_S")
+    opik_trace_window_h: int = Field(default=24, ge=2, validation_alias="OPIK_TRACE_WINDOW_H")
+    """Opik's trace-id age window (24 h unless the Opik server was configured otherwise)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -75,7 +77,10 @@ def writer() -> OpikWriter:
         api_key=settings.api_key(),
     )
     return OpikWriter(
-        rest, project_name=settings.opik_project_name, timeout_s=settings.opik_timeout_s
+        rest,
+        project_name=settings.opik_project_name,
+        timeout_s=settings.opik_timeout_s,
+        trace_window_s=settings.opik_trace_window_h * 3600,
     )
 
 

@@ -11,9 +11,11 @@ timeout, maxReceiveCount, DLQ), not sleeps inside a billed Lambda.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -45,6 +47,13 @@ SPAN_CONTEXT_KEYS: dict[str, tuple[str, ...]] = {
     "generate": ("model_id", "model_revision", "endpoint", "inference_component", "prompt_format"),
 }
 """Trace metadata each span repeats, so a span read on its own in Opik says what produced it."""
+
+
+OPIK_TRACE_WINDOW_S = 24 * 3600
+"""Opik refuses trace ids whose UUIDv7 timestamp is older than this (its default window)."""
+RELOCATION_BUCKET_S = 3600
+"""A late trace's new id carries the start of the current hour: redeliveries within the hour get
+the same id (Opik upserts one trace), and the id stays well inside the window."""
 
 
 class MalformedEvent(ValueError):
@@ -108,6 +117,38 @@ class TraceEvent(BaseModel):
     spans: list[SpanEvent] = Field(default_factory=list)
 
     _trace_id = field_validator("trace_id")(lambda value: _uuid7(value))
+
+
+def uuid7_ms(value: str) -> int:
+    """The Unix milliseconds a UUIDv7 carries in its first 48 bits (RFC 9562)."""
+    return uuid.UUID(value).int >> 80
+
+
+def relocated_trace_id(original: str, *, now_s: float) -> str:
+    """A UUIDv7 for a late trace: the current hour as its time, the rest derived from the
+    original id, so the same late event gets the same new id until the hour turns."""
+    ms = int(now_s // RELOCATION_BUCKET_S * RELOCATION_BUCKET_S * 1000)
+    digest = int.from_bytes(hashlib.sha256(original.encode()).digest()[:10], "big")
+    rand_a, rand_b = digest >> 68, digest & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | ((rand_a & 0xFFF) << 64) | (0b10 << 62) | rand_b
+    return str(uuid.UUID(int=value))
+
+
+def relocate_if_late(
+    event: TraceEvent, *, now_s: float, window_s: int = OPIK_TRACE_WINDOW_S
+) -> TraceEvent:
+    """The event as Opik will take it: a trace id older than Opik's window (less the bucket the
+    new id may lag by) is replaced, the original kept in the metadata as `original_trace_id`.
+    Span ids stay; the trace's times stay those of the request."""
+    age_s = now_s - uuid7_ms(event.trace_id) / 1000
+    if age_s < window_s - RELOCATION_BUCKET_S:
+        return event
+    return event.model_copy(
+        update={
+            "trace_id": relocated_trace_id(event.trace_id, now_s=now_s),
+            "metadata": {**event.metadata, "original_trace_id": event.trace_id},
+        }
+    )
 
 
 def parse_event(body: str) -> TraceEvent:
@@ -220,10 +261,20 @@ class OpikWriter:
     instead of each waiting for its own timeout; `begin_batch` resets that.
     """
 
-    def __init__(self, rest: OpikApi, *, project_name: str, timeout_s: int) -> None:
+    def __init__(
+        self,
+        rest: OpikApi,
+        *,
+        project_name: str,
+        timeout_s: int,
+        trace_window_s: int = OPIK_TRACE_WINDOW_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.rest = rest
         self.project_name = project_name
         self.timeout_s = timeout_s
+        self.trace_window_s = trace_window_s
+        self.clock = clock
         self._down_reason: str | None = None
 
     def begin_batch(self) -> None:
@@ -232,6 +283,7 @@ class OpikWriter:
     def write(self, event: TraceEvent) -> None:
         if self._down_reason is not None:
             raise OpikUnavailable(f"not attempted: {self._down_reason} earlier in this batch")
+        event = relocate_if_late(event, now_s=self.clock(), window_s=self.trace_window_s)
         trace = to_trace_write(event, project_name=self.project_name)
         spans = to_span_writes(event, project_name=self.project_name)
         options: dict[str, Any] = {"timeout_in_seconds": self.timeout_s, "max_retries": 0}

@@ -23,6 +23,10 @@ SQS_MAX_ATTEMPTS = 2
 """Short and few: a slow SQS must cost the request little; a failed send is logged and counted."""
 SQS_RETRY_BACKOFF_MAX_S = 1.0
 
+DEFAULT_GENERATION_TOKENS_PER_S = 30.0
+"""Decode speed assumed when sizing a buffered generation, in tokens per second per request:
+an 8B model in bf16 on one A10G (ml.g5.2xlarge) under TGI decodes ~30 tokens/s."""
+
 MIN_GENERATION_S = 2.0
 """Below this much time left, a generation could not produce a useful answer: 504 instead."""
 
@@ -59,3 +63,10 @@ def generation_timeout_s(
     if left_s < MIN_GENERATION_S:
         return None
     return min(read_timeout_s, left_s)
+
+
+def max_new_tokens_within(timeout_s: float, tokens_per_s: float) -> int:
+    """The most new tokens a generation can produce before `timeout_s` at `tokens_per_s`: the
+    buffered route clamps `max_new_tokens` to it, so a long answer is cut by the model's own
+    limit (finish_reason "length") instead of timing out and losing everything."""
+    return max(1, int(timeout_s * tokens_per_s))

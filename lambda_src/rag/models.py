@@ -61,7 +61,10 @@ class GenerationRequest(BaseModel):
 class RetrieveRequest(BaseModel):
     model_config = _STRICT
 
-    query: str
+    # Stated in the schema so the API Gateway body model generated from this class refuses an
+    # empty query before a Lambda runs. The maximum lengths count after trimming, which JSON
+    # Schema cannot say: they stay with the validators below.
+    query: str = Field(json_schema_extra={"minLength": 1})
     k: int = Field(default=DEFAULT_K, ge=1, le=MAX_K)
     author: str | None = None
     expand: bool = True

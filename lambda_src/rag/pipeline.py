@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from rag import observability as obs
-from rag.budget import generation_timeout_s
+from rag.budget import generation_timeout_s, max_new_tokens_within
 from rag.errors import ApiError, ModelError, ModelUnavailable, UpstreamTimeout
 from rag.models import MAX_AUTHOR_CHARS, MAX_QUERY_CHARS, RagRequest, RetrieveRequest
 from rag.ports import (
@@ -498,6 +498,15 @@ def _answer(
             f"no time left to generate within the {settings.request_budget_s:g} s request budget",
             code="request_budget_exhausted",
         )
+    # A buffered answer must finish inside the timeout: ask the model for no more tokens than
+    # it can produce in that time at the configured speed.
+    affordable = max_new_tokens_within(timeout_s, settings.generation_tokens_per_s)
+    if params.max_new_tokens > affordable:
+        trace.metadata["max_new_tokens_clamped"] = {
+            "asked": params.max_new_tokens,
+            "allowed": affordable,
+        }
+        params = replace(params, max_new_tokens=affordable)
     with trace.span("generate", type="llm", input=_prompt_input(built)) as span:
         generation = _generate(llm, built, params, timeout_s)
         text = _cut_at_stop(generation.text, params.stop).strip()

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from rag.budget import DEFAULT_GENERATION_TOKENS_PER_S
+
 SECRET_MAX_AGE_S = 300
 """How long a Secrets Manager value is cached in the container; a rotated key is picked up after."""
 
@@ -133,6 +135,10 @@ class Settings(BaseModel):
     request_budget_s: float | None = Field(default=None, gt=0, validation_alias="REQUEST_BUDGET_S")
     """Time a request may take end to end (the Lambda sets it just under its timeout); the
     generation call gets what is left after retrieval, less what the trace send may need."""
+    generation_tokens_per_s: float = Field(
+        default=DEFAULT_GENERATION_TOKENS_PER_S, gt=0, validation_alias="GENERATION_TOKENS_PER_S"
+    )
+    """Decode speed (tokens/s) the buffered route sizes max_new_tokens by (rag.budget)."""
     rerank_max_candidates: int = Field(
         default=DEFAULT_RERANK_MAX_CANDIDATES, ge=1, validation_alias="RERANK_MAX_CANDIDATES"
     )

@@ -6,12 +6,13 @@ a monthly budget, both notifying an SNS topic.
   `deployment.idle_alarm_minutes`. SageMaker publishes no datapoint when nothing is invoked, so
   missing data is treated as breaching: "no data" is exactly the idle we want to catch. Only for
   `always_on` configs; `scale_to_zero` configs already release the GPU by their own scaling.
-- Scale to zero (`deployment.idle_scale_to_zero`): the alarm's state change drives an EventBridge
-  rule -> a Step Functions state machine with one AWS SDK task
-  (sagemaker:UpdateInferenceComponentRuntimeConfig CopyCount 0), its role scoped to this inference
-  component's ARN. No Lambda code. This only stops the bill if the endpoint's managed instance
-  scaling may reach 0 instances (MinInstanceCount 0) and a NoCapacityInvocationFailures step policy
-  brings a copy back, as the endpoint construct does for scale_to_zero.
+- Scale to zero (`deployment.idle_scale_to_zero`): the alarm's state changes drive an EventBridge
+  rule -> a Step Functions state machine (AWS SDK tasks, no Lambda code). ALARM lowers the
+  scalable target's minimum to 0 and sets the copy count to 0; OK (invocations again, after the
+  endpoint's NoCapacityInvocationFailures step policy brought a copy back) puts the configured
+  minimum back, so the always-on endpoint does not silently stay a scale-to-zero one. This only
+  stops the bill if the endpoint's managed instance scaling may reach 0 instances
+  (MinInstanceCount 0), as the endpoint construct does with `release_when_idle`.
 - Budget (`deployment.monthly_budget_usd`): AWS::Budgets::Budget, monthly COST, alerts at 80% of
   actual and 100% of forecast spend to the topic (and `deployment.alarm_email`). It covers the whole
   account: a cost-allocation-tag filter reads $0 until the tag is activated in the Billing console.
@@ -71,7 +72,10 @@ class CostGuard(Construct):
             )
             if deployment.idle_scale_to_zero:
                 self.scale_to_zero = self._scale_to_zero(
-                    self.idle_alarm, inference_component_name, deployment
+                    self.idle_alarm,
+                    inference_component_name,
+                    deployment,
+                    min_copies=config.scaling.effective_min_copies,
                 )
         if deployment.monthly_budget_usd is not None:
             self.budget = self._budget(deployment.monthly_budget_usd, deployment, topic)
@@ -110,7 +114,12 @@ class CostGuard(Construct):
         return alarm
 
     def _scale_to_zero(
-        self, alarm: cloudwatch.Alarm, component: str, deployment: DeploymentConfig
+        self,
+        alarm: cloudwatch.Alarm,
+        component: str,
+        deployment: DeploymentConfig,
+        *,
+        min_copies: int,
     ) -> sfn.StateMachine:
         component_arn = Stack.of(self).format_arn(
             service="sagemaker", resource="inference-component", resource_name=component
@@ -130,22 +139,25 @@ class CostGuard(Construct):
         # Lower the scalable target's minimum first, or Application Auto Scaling would restore
         # the always-on minimum of one copy; a request then brings a copy back through the
         # endpoint's NoCapacityInvocationFailures step policy (TgiEndpoint release_when_idle).
-        scalable_targets = Stack.of(self).format_arn(
-            service="application-autoscaling", resource="scalable-target", resource_name="*"
+        allow_zero = self._register_min(component, "AllowZeroCopies", 0)
+        restore = self._register_min(component, "RestoreMinimumCopies", min_copies)
+        # RegisterScalableTarget checks the caller may describe and update the target resource
+        # (Application Auto Scaling User Guide, "Permissions required for API actions on target
+        # services and CloudWatch", SageMaker).
+        target_service_actions = iam.PolicyStatement(
+            actions=[
+                "sagemaker:DescribeInferenceComponent",
+                "sagemaker:UpdateInferenceComponentRuntimeConfig",
+            ],
+            resources=[component_arn],
         )
-        allow_zero = tasks.CallAwsService(
-            self,
-            "AllowZeroCopies",
-            service="applicationautoscaling",
-            action="registerScalableTarget",
-            parameters={
-                "ServiceNamespace": "sagemaker",
-                "ResourceId": f"inference-component/{component}",
-                "ScalableDimension": "sagemaker:inference-component:DesiredCopyCount",
-                "MinCapacity": 0,
-            },
-            iam_action="application-autoscaling:RegisterScalableTarget",
-            iam_resources=[scalable_targets],
+        on_state = (
+            sfn.Choice(self, "AlarmState")
+            .when(
+                sfn.Condition.string_equals("$.detail.state.value", "ALARM"),
+                allow_zero.next(update),
+            )
+            .otherwise(restore)
         )
         log_group = logs.LogGroup(
             self,
@@ -157,11 +169,12 @@ class CostGuard(Construct):
         machine = sfn.StateMachine(
             self,
             "ScaleToZero",
-            definition_body=sfn.DefinitionBody.from_chainable(allow_zero.next(update)),
+            definition_body=sfn.DefinitionBody.from_chainable(on_state),
             timeout=Duration.minutes(5),
             tracing_enabled=True,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL),
         )
+        machine.add_to_role_policy(target_service_actions)
         acknowledge(
             machine,
             "AwsSolutions-IAM5[Resource::*]",
@@ -171,23 +184,46 @@ class CostGuard(Construct):
         )
         acknowledge(
             machine,
-            f"AwsSolutions-IAM5[Resource::{rendered(self, scalable_targets)}]",
+            f"AwsSolutions-IAM5[Resource::{rendered(self, self._scalable_targets_arn())}]",
             "Scalable target ARNs end in an id Application Auto Scaling assigns at registration, "
             "unknown at synth; the call itself names this inference component's resource id.",
         )
         events.Rule(
             self,
             "OnIdle",
-            description=f"Idle alarm of {component} -> set its copy count to 0",
+            description=f"Idle alarm of {component}: ALARM -> 0 copies, OK -> configured minimum",
             event_pattern=events.EventPattern(
                 source=["aws.cloudwatch"],
                 detail_type=["CloudWatch Alarm State Change"],
                 resources=[alarm.alarm_arn],
-                detail={"state": {"value": ["ALARM"]}},
+                detail={"state": {"value": ["ALARM", "OK"]}},
             ),
             targets=[targets.SfnStateMachine(machine)],
         )
         return machine
+
+    def _scalable_targets_arn(self) -> str:
+        return Stack.of(self).format_arn(
+            service="application-autoscaling", resource="scalable-target", resource_name="*"
+        )
+
+    def _register_min(
+        self, component: str, construct_id: str, minimum: int
+    ) -> tasks.CallAwsService:
+        return tasks.CallAwsService(
+            self,
+            construct_id,
+            service="applicationautoscaling",
+            action="registerScalableTarget",
+            parameters={
+                "ServiceNamespace": "sagemaker",
+                "ResourceId": f"inference-component/{component}",
+                "ScalableDimension": "sagemaker:inference-component:DesiredCopyCount",
+                "MinCapacity": minimum,
+            },
+            iam_action="application-autoscaling:RegisterScalableTarget",
+            iam_resources=[self._scalable_targets_arn()],
+        )
 
     def _budget(
         self, limit_usd: float, deployment: DeploymentConfig, topic: sns.ITopic

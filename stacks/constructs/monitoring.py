@@ -26,13 +26,19 @@ GPU_MEMORY_ALARM_PERCENT = 95
 
 
 @dataclass(frozen=True)
+class TraceParts:
+    forwarder: lambda_.IFunction
+    queue: sqs.IQueue
+    dead_letter_queue: sqs.IQueue
+
+
+@dataclass(frozen=True)
 class MonitoredParts:
     api: apigw.RestApi
     business: lambda_.IFunction
-    forwarder: lambda_.IFunction
     endpoint: TgiEndpointRef
-    trace_queue: sqs.IQueue
-    dead_letter_queue: sqs.IQueue
+    traces: TraceParts | None
+    """None when no trace pipeline is deployed (no Opik configured)."""
 
 
 class Monitoring(Construct):
@@ -88,10 +94,6 @@ class Monitoring(Construct):
             component,
             "Maximum",
         )
-        queue_age = parts.trace_queue.metric_approximate_age_of_oldest_message(period=PERIOD)
-        dlq_depth = parts.dead_letter_queue.metric_approximate_number_of_messages_visible(
-            period=Duration.minutes(1), statistic="Maximum"
-        )
 
         def alarm(
             name: str,
@@ -142,12 +144,6 @@ class Monitoring(Construct):
             "Business Lambda throttled",
         )
         alarm(
-            "forwarder-errors",
-            parts.forwarder.metric_errors(period=PERIOD),
-            3,
-            "Trace forwarder errors",
-        )
-        alarm(
             "endpoint-invocation-errors",
             invocation_errors,
             5,
@@ -160,23 +156,44 @@ class Monitoring(Construct):
             "GPU memory near full",
             periods=3,
         )
-        alarm(
-            "trace-queue-age",
-            queue_age,
-            TRACE_AGE_ALARM_S,
-            "Traces waiting more than 15 min: forwarder stuck",
-        )
-        alarm(
-            "trace-dlq-not-empty",
-            dlq_depth,
-            1,
-            "Trace events in the dead-letter queue: inspect and redrive",
-        )
-        # Counted by the business Lambda's SQS sink (rag.sinks) when a trace cannot be queued.
-        trace_send_failed = _metric("LlmTwin", "trace_send_failed", {"service": "rag"}, "Sum")
-        alarm(
-            "trace-send-failed", trace_send_failed, 1, "Traces could not be sent to the trace queue"
-        )
+        trace_widgets: list[cloudwatch.IWidget] = []
+        if parts.traces is not None:
+            traces = parts.traces
+            queue_age = traces.queue.metric_approximate_age_of_oldest_message(period=PERIOD)
+            dlq_depth = traces.dead_letter_queue.metric_approximate_number_of_messages_visible(
+                period=Duration.minutes(1), statistic="Maximum"
+            )
+            alarm(
+                "forwarder-errors",
+                traces.forwarder.metric_errors(period=PERIOD),
+                3,
+                "Trace forwarder errors",
+            )
+            alarm(
+                "trace-queue-age",
+                queue_age,
+                TRACE_AGE_ALARM_S,
+                "Traces waiting more than 15 min: forwarder stuck",
+            )
+            alarm(
+                "trace-dlq-not-empty",
+                dlq_depth,
+                1,
+                "Trace events in the dead-letter queue: inspect and redrive",
+            )
+            # Counted by the business Lambda's SQS sink (rag.sinks) when a trace cannot be queued.
+            trace_send_failed = _metric("LlmTwin", "trace_send_failed", {"service": "rag"}, "Sum")
+            alarm(
+                "trace-send-failed",
+                trace_send_failed,
+                1,
+                "Traces could not be sent to the trace queue",
+            )
+            trace_widgets = [
+                _graph("Trace queue: oldest message age (s)", [queue_age]),
+                _graph("Trace dead-letter queue depth", [dlq_depth]),
+                _graph("Traces not queued", [trace_send_failed]),
+            ]
 
         dashboard = cloudwatch.Dashboard(
             self, "Dashboard", dashboard_name=f"{deployment.project}-dashboard"
@@ -201,13 +218,20 @@ class Monitoring(Construct):
             _graph("GPU memory (%)", [gpu_memory]),
         )
         dashboard.add_widgets(
-            _graph("Trace queue: oldest message age (s)", [queue_age]),
-            _graph("Trace dead-letter queue depth", [dlq_depth]),
-            _graph("Traces not queued", [trace_send_failed]),
+            *trace_widgets,
             _graph(
                 "Endpoint invocations",
                 [_metric("AWS/SageMaker", "Invocations", endpoint_dims, "Sum")],
             ),
+        )
+        # TGI start-up failures (gated model 401, out of memory) are only in these logs.
+        dashboard.add_widgets(
+            cloudwatch.LogQueryWidget(
+                title=f"Model container logs ({parts.endpoint.log_group_name})",
+                log_group_names=[parts.endpoint.log_group_name],
+                query_lines=["fields @timestamp, @logStream, @message", "sort @timestamp desc"],
+                width=24,
+            )
         )
         self.dashboard = dashboard
 

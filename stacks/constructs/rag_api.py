@@ -23,11 +23,13 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from rag.budget import DEFAULT_GENERATION_TOKENS_PER_S
 from stacks.bundling import LAMBDA_SRC, REPO, ModelBundle, PythonBundle
 from stacks.config import DeploymentConfig, ModelConfig
 from stacks.constructs.python_function import PythonFunction
 from stacks.constructs.tgi_endpoint import TgiEndpointRef
 from stacks.nag import acknowledge
+from stacks.request_schemas import ROUTE_MODELS, gateway_schema
 
 # Timeout budget (DESIGN 5): API Gateway 29 s > Lambda > SageMaker read timeout > generation.
 API_GATEWAY_TIMEOUT_S = 29
@@ -36,6 +38,9 @@ LLM_CONNECT_TIMEOUT_S = 1
 LLM_HELPER_TIMEOUT_S = 3  # self-query and expansion run concurrently, so this counts once
 LLM_READ_TIMEOUT_S = 16  # ~500 tokens at TGI's ~35 tokens/s for an 8B model on one A10G
 QDRANT_TIMEOUT_S = 2
+# Decode speed the buffered /rag sizes max_new_tokens by (rag.budget.max_new_tokens_within):
+# ~480 new tokens fit the 16 s read timeout.
+GENERATION_TOKENS_PER_S = DEFAULT_GENERATION_TOKENS_PER_S
 # What the pipeline may spend end to end; the generation call gets what retrieval left of it
 # (rag.budget.generation_timeout_s). 1 s under the Lambda timeout for Lambda's own overhead.
 REQUEST_BUDGET_S = LAMBDA_TIMEOUT_S - 1
@@ -81,36 +86,26 @@ BUSINESS_BUNDLE = PythonBundle(
     ),
 )
 
-QUERY_SCHEMA = apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=2000)
-_COMMON_PROPERTIES = {
-    "query": QUERY_SCHEMA,
-    "k": apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER, minimum=1, maximum=20),
-    "author": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=200),
-    "expand": apigw.JsonSchema(type=apigw.JsonSchemaType.BOOLEAN),
-}
-
-# Gateway-made errors in the API's own error shape.
+# Gateway-made errors in the API's own error shape. A gateway response template is not VTL: API
+# Gateway only substitutes variables into it, without JSON escaping. `$context.error.messageString`
+# arrives already quoted and `$context.error.validationErrorString` carries raw quotes
+# (`[object has missing required properties (["query"])]`), so neither can sit in a JSON string:
+# messages are static, and the catch-all names the response type (an identifier, safe to embed).
+_INVALID_KEY = "missing or invalid API key (x-api-key header)"
 _GATEWAY_ERRORS = {
     apigw.ResponseType.BAD_REQUEST_BODY: (
         "400",
         "validation_error",
-        "$context.error.validationErrorString",
+        "the body does not match this route's schema: check field names, types and limits "
+        "(README, HTTP API)",
     ),
     apigw.ResponseType.BAD_REQUEST_PARAMETERS: (
         "400",
         "validation_error",
-        "$context.error.validationErrorString",
+        "a required request parameter is missing or invalid",
     ),
-    apigw.ResponseType.INVALID_API_KEY: (
-        "403",
-        "forbidden",
-        "missing or invalid API key (x-api-key header)",
-    ),
-    apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN: (
-        "403",
-        "forbidden",
-        "missing or invalid API key (x-api-key header)",
-    ),
+    apigw.ResponseType.INVALID_API_KEY: ("403", "forbidden", _INVALID_KEY),
+    apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN: ("403", "forbidden", _INVALID_KEY),
     apigw.ResponseType.ACCESS_DENIED: ("403", "forbidden", "access denied"),
     apigw.ResponseType.THROTTLED: ("429", "throttled", "too many requests, slow down"),
     apigw.ResponseType.QUOTA_EXCEEDED: ("429", "quota_exceeded", "the API key's quota is used up"),
@@ -125,9 +120,32 @@ _GATEWAY_ERRORS = {
         "upstream_timeout",
         "the request took too long",
     ),
-    apigw.ResponseType.DEFAULT_4_XX: (None, "bad_request", "$context.error.messageString"),
+    apigw.ResponseType.DEFAULT_4_XX: (
+        None,
+        "bad_request",
+        "API Gateway refused the request ($context.error.responseType)",
+    ),
     apigw.ResponseType.DEFAULT_5_XX: (None, "internal_error", "the service failed; try again"),
 }
+
+
+def gateway_error_template(code: str, message: str) -> str:
+    return json.dumps({"error": {"code": code, "message": message}})
+
+
+def cors_response_headers(origins: list[str]) -> dict[str, str]:
+    """CORS headers for gateway-made errors, so a browser reads the 403/429 JSON instead of
+    reporting a CORS failure. Gateway response headers are static values or request values: one
+    origin is returned as is; with several, the caller's Origin is echoed (the bodies carry no
+    data) and `Vary: Origin` keeps caches from mixing them up."""
+    if not origins:
+        return {}
+    if len(origins) == 1:
+        return {"Access-Control-Allow-Origin": f"'{origins[0]}'"}
+    return {
+        "Access-Control-Allow-Origin": "method.request.header.Origin",
+        "Vary": "'Origin'",
+    }
 
 
 @dataclass(frozen=True)
@@ -145,11 +163,10 @@ class RagApi(Construct):
         endpoint: TgiEndpointRef,
         model: ModelConfig,
         deployment: DeploymentConfig,
-        trace_queue: sqs.IQueue,
+        trace_queue: sqs.IQueue | None,
         vpc: ec2.IVpc | None = None,
     ):
         super().__init__(scope, construct_id)
-        project = deployment.project
         self.qdrant = self._qdrant(deployment)
         models = ModelBundle(
             embedding_dir=_path(deployment.embedding_model_dir, "build/models/embedding"),
@@ -173,18 +190,20 @@ class RagApi(Construct):
             "QDRANT_API_KEY_SECRET": self.qdrant.secret.secret_arn,
             "QDRANT_TIMEOUT_S": str(QDRANT_TIMEOUT_S),
             "REQUEST_BUDGET_S": str(REQUEST_BUDGET_S),
+            "GENERATION_TOKENS_PER_S": str(GENERATION_TOKENS_PER_S),
             "MODEL_ASSET_S3_URI": self.model_asset.s3_object_url,
-            "TRACE_QUEUE_URL": trace_queue.queue_url,
             "TRACE_SAMPLE_RATE": str(deployment.trace_sample_rate),
             "TRACE_REDACTION": deployment.trace_redaction,
             "ORT_THREADS": str(ONNX_THREADS),
         }
         if self.qdrant.url:
             environment["QDRANT_URL"] = self.qdrant.url
+        if trace_queue is not None:
+            environment["TRACE_QUEUE_URL"] = trace_queue.queue_url
         self.business = PythonFunction(
             self,
             "Business",
-            function_name=f"{project}-rag",
+            function_name=deployment.business_function_name,
             description="RAG business layer: retrieve from Qdrant, prompt, generate on SageMaker",
             bundle=BUSINESS_BUNDLE,
             handler="handlers.business.lambda_handler",
@@ -198,7 +217,8 @@ class RagApi(Construct):
         function = self.business.function
         endpoint.grant_invoke(function)
         self.qdrant.secret.grant_read(function)
-        trace_queue.grant_send_messages(function)
+        if trace_queue is not None:
+            trace_queue.grant_send_messages(function)
         # Exactly the model archive, not the whole assets bucket.
         function.add_to_role_policy(
             iam.PolicyStatement(
@@ -254,8 +274,14 @@ class RagApi(Construct):
             description="LLM twin RAG API",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             api_key_source_type=apigw.ApiKeySourceType.HEADER,
-            cloud_watch_role=True,
-            cloud_watch_role_removal_policy=RemovalPolicy.DESTROY,
+            # The region's API Gateway logging role (AWS::ApiGateway::Account) is shared by every
+            # REST API there: owned by a stack, it overwrites the account's role and points at a
+            # deleted role after destroy (aws-cdk#10878, #12769). Preflight checks it exists;
+            # `-c api_gateway_account_role=true` creates it, retained on destroy.
+            cloud_watch_role=deployment.api_gateway_account_role,
+            cloud_watch_role_removal_policy=RemovalPolicy.RETAIN
+            if deployment.api_gateway_account_role
+            else None,
             default_cors_preflight_options=cors,
             default_method_options=apigw.MethodOptions(api_key_required=True),
             deploy_options=apigw.StageOptions(
@@ -280,27 +306,38 @@ class RagApi(Construct):
                 throttling_burst_limit=deployment.api_burst_limit,
             ),
         )
+        # API Gateway writes execution logs to this group; made here so it has a retention and
+        # goes with the stack instead of outliving `cdk destroy`.
+        execution_logs = logs.LogGroup(
+            self,
+            "ExecutionLogs",
+            log_group_name=f"API-Gateway-Execution-Logs_{api.rest_api_id}/{STAGE}",
+            retention=logs.RetentionDays.ONE_MONTH,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        api.deployment_stage.node.add_dependency(execution_logs)
+        headers = {
+            "Content-Type": "'application/json'",
+            **cors_response_headers(deployment.cors_origins),
+        }
         for response_type, (status, code, message) in _GATEWAY_ERRORS.items():
             api.add_gateway_response(
                 f"Gw{response_type.response_type}",
                 type=response_type,
                 status_code=status,
-                response_headers={"Content-Type": "'application/json'"},
-                templates={
-                    "application/json": json.dumps({"error": {"code": code, "message": message}})
-                },
+                response_headers=headers,
+                templates={"application/json": gateway_error_template(code, message)},
             )
 
         validator = api.add_request_validator(
             "Body", validate_request_body=True, validate_request_parameters=True
         )
-        rag_model = self._body_model(api, "RagRequest", with_generation=True)
-        retrieve_model = self._body_model(api, "RetrieveRequest", with_generation=False)
         integration = apigw.LambdaIntegration(
             function,
             timeout=Duration.seconds(API_GATEWAY_TIMEOUT_S),
         )
-        for path, model in (("rag", rag_model), ("retrieve", retrieve_model)):
+        for path, request_model in ROUTE_MODELS.items():
+            model = self._body_model(api, request_model.__name__, gateway_schema(request_model))
             resource = api.root.add_resource(path)
             resource.add_method(
                 "POST",
@@ -314,7 +351,9 @@ class RagApi(Construct):
         health = api.root.add_resource("health")
         health.add_method("GET", integration, api_key_required=True)
         health.add_method("ANY", integration, api_key_required=True)
-        # Unknown paths too: the handler's 404 is in the contract's shape.
+        # Unknown paths too: the handler's 404 is in the contract's shape. The root gets its own
+        # method first: add_proxy() would otherwise add a root ANY on a MOCK integration.
+        api.root.add_method("ANY", integration, api_key_required=True)
         api.root.add_proxy(default_integration=integration)
 
         self.api_key = api.add_api_key("Key", api_key_name=f"{deployment.project}-key")
@@ -332,40 +371,19 @@ class RagApi(Construct):
         return api
 
     @staticmethod
-    def _body_model(api: apigw.RestApi, name: str, *, with_generation: bool) -> apigw.Model:
-        properties = dict(_COMMON_PROPERTIES)
-        properties["include_context"] = apigw.JsonSchema(type=apigw.JsonSchemaType.BOOLEAN)
-        if with_generation:
-            properties["generation"] = apigw.JsonSchema(
-                type=apigw.JsonSchemaType.OBJECT,
-                additional_properties=False,
-                properties={
-                    "max_new_tokens": apigw.JsonSchema(
-                        type=apigw.JsonSchemaType.INTEGER, minimum=1
-                    ),
-                    "temperature": apigw.JsonSchema(
-                        type=apigw.JsonSchemaType.NUMBER, minimum=0, maximum=2
-                    ),
-                    "top_p": apigw.JsonSchema(
-                        type=apigw.JsonSchemaType.NUMBER,
-                        exclusive_minimum=True,
-                        minimum=0,
-                        maximum=1,
-                    ),
-                },
-            )
-        return api.add_model(
+    def _body_model(api: apigw.RestApi, name: str, schema: dict[str, object]) -> apigw.Model:
+        model = api.add_model(
             name,
             content_type="application/json",
             model_name=name,
-            schema=apigw.JsonSchema(
-                schema=apigw.JsonSchemaVersion.DRAFT4,
-                type=apigw.JsonSchemaType.OBJECT,
-                required=["query"],
-                additional_properties=False,
-                properties=properties,
-            ),
+            schema=apigw.JsonSchema(schema=apigw.JsonSchemaVersion.DRAFT4),
         )
+        # The generated draft-4 document as is: CDK's JsonSchema type would need a field-by-field
+        # copy of it, which is exactly the drift this generation removes.
+        cfn_model = model.node.default_child
+        assert isinstance(cfn_model, apigw.CfnModel)
+        cfn_model.add_property_override("Schema", schema)
+        return model
 
     def _acknowledge_api(self, api: apigw.RestApi) -> None:
         acknowledge(
@@ -386,7 +404,9 @@ class RagApi(Construct):
                 "AwsSolutions-COG4",
                 "Service-to-service API authenticated by API keys; no Cognito user pool by design.",
             )
-        role = api.node.find_child("CloudWatchRole")
+        role = api.node.try_find_child("CloudWatchRole")
+        if role is None:
+            return
         acknowledge(
             role,
             "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]",

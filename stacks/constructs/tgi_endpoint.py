@@ -29,6 +29,11 @@ LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 # Scaling out of zero: one NoCapacityInvocationFailures datapoint within a minute adds a copy.
 NO_CAPACITY_PERIOD = Duration.minutes(1)
 ALWAYS_ON_TARGET_METRIC = appscaling.PredefinedMetric.SAGEMAKER_INFERENCE_COMPONENT_CONCURRENT_REQUESTS_PER_COPY_HIGH_RESOLUTION
+# AWS's documented scale-to-zero setup tracks invocations per copy (SageMaker developer guide,
+# "Scale an endpoint to zero instances"): with no traffic it reaches zero copies.
+SCALE_TO_ZERO_TARGET_METRIC = (
+    appscaling.PredefinedMetric.SAGEMAKER_INFERENCE_COMPONENT_INVOCATIONS_PER_COPY
+)
 
 
 def resource_name(*parts: str, max_len: int = 63) -> str:
@@ -51,6 +56,12 @@ class TgiEndpointRef:
             endpoint_name=resource_name(project, config.name),
             inference_component_name=resource_name(project, config.name, "ic"),
         )
+
+    @property
+    def log_group_name(self) -> str:
+        """Where the TGI container's logs go: containers hosted as an inference component log to
+        the component's group; such an endpoint gets no `/aws/sagemaker/Endpoints/` group."""
+        return f"/aws/sagemaker/InferenceComponents/{self.inference_component_name}"
 
     def arns(self, scope: Construct) -> list[str]:
         stack = Stack.of(scope)
@@ -108,7 +119,7 @@ class TgiEndpoint(Construct):
         self.log_group = log_group = logs.LogGroup(
             self,
             "Logs",
-            log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
+            log_group_name=self.ref.log_group_name,
             retention=LOG_RETENTION,
             removal_policy=RemovalPolicy.DESTROY,
         )
@@ -168,7 +179,6 @@ class TgiEndpoint(Construct):
             endpoint_name=self.endpoint_name,
             endpoint_config_name=endpoint_config.attr_endpoint_config_name,
         )
-        endpoint.node.add_dependency(log_group)
 
         component = sagemaker.CfnInferenceComponent(
             self,
@@ -194,6 +204,7 @@ class TgiEndpoint(Construct):
                 copy_count=max(1, scaling.effective_min_copies)
             ),
         )
+        component.node.add_dependency(log_group)
         self._scaling(component)
 
     def _image_uri(self, version: str) -> str:
@@ -240,9 +251,17 @@ class TgiEndpoint(Construct):
         role.add_to_policy(
             iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"])
         )
+        # The CloudWatch Logs actions SageMaker documents for CreateModel execution roles
+        # (CreateLogGroup included: the group exists already, so the call is a harmless no-op),
+        # scoped to the inference component's own group instead of "*".
         role.add_to_policy(
             iam.PolicyStatement(
-                actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                actions=[
+                    "logs:CreateLogGroup",
+                    "logs:CreateLogStream",
+                    "logs:PutLogEvents",
+                    "logs:DescribeLogStreams",
+                ],
                 resources=[log_group.log_group_arn, f"{log_group.log_group_arn}:log-stream:*"],
             )
         )
@@ -269,10 +288,16 @@ class TgiEndpoint(Construct):
             max_capacity=scaling.max_copies,
         )
         target.node.add_dependency(component)
+        if scaling.mode == "scale_to_zero":
+            name, metric = "InvocationsPerCopy", SCALE_TO_ZERO_TARGET_METRIC
+            target_value = scaling.target_invocations_per_copy_per_minute
+        else:
+            name, metric = "ConcurrentRequestsPerCopy", ALWAYS_ON_TARGET_METRIC
+            target_value = scaling.target_concurrent_requests_per_copy
         target.scale_to_track_metric(
-            "ConcurrentRequestsPerCopy",
-            target_value=scaling.target_concurrent_requests_per_copy,
-            predefined_metric=ALWAYS_ON_TARGET_METRIC,
+            name,
+            target_value=target_value,
+            predefined_metric=metric,
             scale_in_cooldown=Duration.seconds(scaling.scale_in_cooldown_s),
             scale_out_cooldown=Duration.seconds(scaling.scale_out_cooldown_s),
         )

@@ -27,6 +27,8 @@ ALL_OPTIONAL_KEYS: dict[str, Any] = {
     "trace_redaction": "hash_query",
     "lambda_reserved_concurrency": "3",
     "vpc_id": "vpc-0123456789abcdef0",
+    "vpc_endpoints": "true",
+    "api_gateway_account_role": "true",
     "monthly_budget_usd": "250",
     "idle_alarm_minutes": "45",
     "idle_scale_to_zero": "true",

@@ -87,7 +87,7 @@ def test_timeout_budget_lines_up(synth):
 
 
 def test_business_role_is_scoped_to_exactly_its_endpoint_secret_queue_and_models(synth):
-    template = synth()["api"]
+    template = synth(**OPIK)["api"]
     by_action: dict[str, list] = {}
     for statement in _policy_of(template, "llm-twin-rag"):
         for action in as_list(statement["Action"]):
@@ -234,7 +234,7 @@ def test_trace_queue_is_encrypted_with_a_dead_letter_queue_and_partial_batches(s
 
 
 def test_alarms_and_dashboard_an_on_call_person_needs(synth):
-    template = synth(alarm_email="oncall@example.com")["api"]
+    template = synth(alarm_email="oncall@example.com", **OPIK)["api"]
     alarms = {
         r["Properties"]["AlarmName"]: r["Properties"]
         for r in resources(template, "AWS::CloudWatch::Alarm")

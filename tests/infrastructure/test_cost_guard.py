@@ -83,44 +83,40 @@ def test_idle_minutes_not_divisible_by_five_use_one_minute_periods() -> None:
     assert (alarm["Period"], alarm["EvaluationPeriods"]) == (60, 7)
 
 
-def test_scale_to_zero_runs_one_sdk_call_scoped_to_the_component(guarded: Template) -> None:
-    # Then an EventBridge rule on the alarm entering ALARM starts a state machine
+def test_scale_to_zero_sdk_calls_are_scoped_to_the_component(guarded: Template) -> None:
+    # Then an EventBridge rule on the alarm entering ALARM (or OK again) starts a state machine
     rule = _only(guarded, "AWS::Events::Rule")
     assert rule["EventPattern"]["detail-type"] == ["CloudWatch Alarm State Change"]
-    assert rule["EventPattern"]["detail"] == {"state": {"value": ["ALARM"]}}
+    assert rule["EventPattern"]["detail"] == {"state": {"value": ["ALARM", "OK"]}}
     (machine_id,) = guarded.find_resources("AWS::StepFunctions::StateMachine")
     assert rule["Targets"][0]["Arn"] == {"Ref": machine_id}
 
-    # whose only task sets the component's copy count to 0
+    # whose SageMaker task sets the component's copy count to 0
     machine = _only(guarded, "AWS::StepFunctions::StateMachine")
     definition = json.dumps(machine["DefinitionString"])
     assert ":states:::aws-sdk:sagemaker:updateInferenceComponentRuntimeConfig" in definition
     assert f'\\"InferenceComponentName\\":\\"{COMPONENT}\\"' in definition
     assert '\\"CopyCount\\":0' in definition
 
-    # and the only SageMaker permission is that action on that component's ARN
+    # and every SageMaker permission is on that component's ARN only
     statements = [
         s
         for policy in guarded.find_resources("AWS::IAM::Policy").values()
         for s in policy["Properties"]["PolicyDocument"]["Statement"]
         if "sagemaker" in json.dumps(s["Action"])
     ]
-    assert statements == [
-        {
-            "Action": "sagemaker:UpdateInferenceComponentRuntimeConfig",
-            "Effect": "Allow",
-            "Resource": {
-                "Fn::Join": [
-                    "",
-                    [
-                        "arn:",
-                        {"Ref": "AWS::Partition"},
-                        f":sagemaker:us-east-1:123456789012:inference-component/{COMPONENT}",
-                    ],
-                ]
-            },
-        }
-    ]
+    component_arn = {
+        "Fn::Join": [
+            "",
+            [
+                "arn:",
+                {"Ref": "AWS::Partition"},
+                f":sagemaker:us-east-1:123456789012:inference-component/{COMPONENT}",
+            ],
+        ]
+    }
+    assert all(s["Resource"] == component_arn for s in statements)
+    assert statements
 
 
 def test_budget_alerts_at_80_percent_actual_and_100_percent_forecast(guarded: Template) -> None:
@@ -206,3 +202,40 @@ def test_aws_solutions_nag_pack_has_no_unacknowledged_finding() -> None:
 
     # When synthesizing; Then validation passes (it raises on any unacknowledged finding)
     app.synth()
+
+
+def test_the_idle_guard_puts_the_configured_minimum_back_when_traffic_returns(
+    guarded: Template,
+) -> None:
+    """RegisterScalableTarget with MinCapacity 0 changes the target outside CloudFormation, and a
+    later deploy with an unchanged template does not reset it (CloudFormation only updates what
+    the template changes): the state machine must restore the always-on minimum itself once
+    the idle alarm is OK again. Its role needs what Application Auto Scaling checks on the target
+    service (Application Auto Scaling User Guide, "Permissions required for API actions on target
+    services and CloudWatch", SageMaker: DescribeInferenceComponent and
+    UpdateInferenceComponentRuntimeConfig for inference components)."""
+    definition = json.loads(
+        "".join(
+            p if isinstance(p, str) else "X"
+            for p in _only(guarded, "AWS::StepFunctions::StateMachine")["DefinitionString"][
+                "Fn::Join"
+            ][1]
+        )
+    )
+    registers = [
+        state["Parameters"]["MinCapacity"]
+        for state in definition["States"].values()
+        if state.get("Resource", "").endswith("applicationautoscaling:registerScalableTarget")
+    ]
+    assert sorted(registers) == [0, 1]  # 0 on ALARM, the config's min_copies (1) on OK
+    actions = {
+        a
+        for policy in guarded.find_resources("AWS::IAM::Policy").values()
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    }
+    assert {
+        "application-autoscaling:RegisterScalableTarget",
+        "sagemaker:DescribeInferenceComponent",
+        "sagemaker:UpdateInferenceComponentRuntimeConfig",
+    } <= actions

@@ -121,6 +121,7 @@ def test_execution_role_can_only_pull_the_tgi_image_and_write_its_logs(synth):
         "ecr:BatchGetImage",
         "ecr:GetDownloadUrlForLayer",
         "ecr:GetAuthorizationToken",
+        "logs:CreateLogGroup",
         "logs:CreateLogStream",
         "logs:PutLogEvents",
         "logs:DescribeLogStreams",
@@ -137,11 +138,17 @@ def test_execution_role_can_only_pull_the_tgi_image_and_write_its_logs(synth):
     assert set(by_action) <= allowed
 
 
-def test_endpoint_log_group_has_retention_and_is_removed_with_the_stack(synth):
+def test_model_log_group_has_retention_and_is_removed_with_the_stack(synth):
+    """Containers hosted as an inference component log to
+    /aws/sagemaker/InferenceComponents/<inference-component-name> (SageMaker developer guide,
+    "Log Amazon SageMaker AI events with Amazon CloudWatch"; sagemaker-python-sdk
+    serve/model_builder.py: inference-component endpoints get no /aws/sagemaker/Endpoints/ group).
+    That group is the only place TGI start-up failures show up, so the stack must own it."""
     template = synth(**DEFAULT)["endpoint"]
     (group,) = resources(template, "AWS::Logs::LogGroup")
     assert (
-        group["Properties"]["LogGroupName"] == "/aws/sagemaker/Endpoints/llm-twin-twin-llama-3-1-8b"
+        group["Properties"]["LogGroupName"]
+        == "/aws/sagemaker/InferenceComponents/llm-twin-twin-llama-3-1-8b-ic"
     )
     assert group["Properties"]["RetentionInDays"] == 30
     assert group["DeletionPolicy"] == "Delete"
@@ -208,3 +215,49 @@ def test_nothing_is_retained_on_destroy(synth, context):
         for logical_id, res in template["Resources"].items():
             assert res.get("DeletionPolicy", "Delete") != "Retain", logical_id
             assert res.get("UpdateReplacePolicy", "Delete") != "Retain", logical_id
+
+
+def test_scale_to_zero_tracks_invocations_per_copy_as_aws_documents(synth):
+    """SageMaker developer guide, "Scale an endpoint to zero instances"
+    (https://docs.aws.amazon.com/sagemaker/latest/dg/endpoint-auto-scaling-zero-instances.html):
+    register the component with min capacity 0, apply a target tracking policy on
+    `SageMakerInferenceComponentInvocationsPerCopy` (it scales in to zero copies when traffic
+    stops), and a step policy on a `NoCapacityInvocationFailures` alarm to come back."""
+    template = synth(**CHAT_GATED)["endpoint"]
+    tracking = [
+        p["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+        for p in resources(template, "AWS::ApplicationAutoScaling::ScalingPolicy")
+        if p["Properties"]["PolicyType"] == "TargetTrackingScaling"
+    ]
+    assert [t["PredefinedMetricSpecification"]["PredefinedMetricType"] for t in tracking] == [
+        "SageMakerInferenceComponentInvocationsPerCopy"
+    ]
+    assert tracking[0]["TargetValue"] > 0
+    assert one(template, "AWS::ApplicationAutoScaling::ScalableTarget")["MinCapacity"] == 0
+
+
+def test_execution_role_writes_only_to_the_inference_component_log_group(synth):
+    """SageMaker's CreateModel execution-role permissions list logs:CreateLogGroup,
+    CreateLogStream, PutLogEvents, DescribeLogStreams (SageMaker developer guide, "How to use
+    SageMaker AI execution roles", CreateModel API: Execution Role Permissions); an
+    inference-component container writes to /aws/sagemaker/InferenceComponents/<name>, so the
+    grant names that group and its streams, nothing else (no endpoint group, no "*")."""
+    template = synth(**DEFAULT)["endpoint"]
+    (group_id,) = [
+        k for k, v in template["Resources"].items() if v["Type"] == "AWS::Logs::LogGroup"
+    ]
+    log_statements = [
+        s for s in statements(template) if any(a.startswith("logs:") for a in as_list(s["Action"]))
+    ]
+    assert log_statements
+    for statement in log_statements:
+        assert "logs:CreateLogGroup" in as_list(statement["Action"])
+        for resource in as_list(statement["Resource"]):
+            assert group_id in json.dumps(resource), resource
+    # and the group exists before the component's container starts writing to it
+    (component,) = [
+        v
+        for v in template["Resources"].values()
+        if v["Type"] == "AWS::SageMaker::InferenceComponent"
+    ]
+    assert group_id in component["DependsOn"]

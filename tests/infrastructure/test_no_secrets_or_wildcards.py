@@ -185,7 +185,7 @@ def test_no_template_holds_a_secret_value(templates):
 
 def test_lambda_environments_hold_secret_names_never_values(templates):
     environments = lambda_environments(templates["api"])
-    assert len(environments) >= 2
+    assert environments  # the forwarder too when Opik is configured
     for function, variables in environments.items():
         assert not secret_findings({"Variables": variables}), function
         for name, value in variables.items():

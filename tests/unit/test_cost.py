@@ -28,10 +28,11 @@ def test_default_config_costs_one_instance_always_on() -> None:
     assert "ml.g5.2xlarge: $1.515/h per instance" in text
     assert "at min scale (1 instance(s)): $1.515/h, $1,106/month (730 h)" in text
     assert "This is an estimate" in text and f"as of {PRICES['as_of']}, region us-east-1" in text
-    # and what scale-to-zero would save at 8 busy hours + 30 idle minutes a day
-    monthly_stz = 1.515 * 8.5 * HOURS_PER_MONTH / 24
+    # and what scale-to-zero would save at 8 busy hours a day plus the 15 minutes target
+    # tracking waits below target before scaling in
+    monthly_stz = 1.515 * 8.25 * HOURS_PER_MONTH / 24
     assert (
-        f"${monthly_stz:,.0f}/month, would save ${1.515 * 730 - monthly_stz:,.0f}/month (65%)"
+        f"${monthly_stz:,.0f}/month, would save ${1.515 * 730 - monthly_stz:,.0f}/month (66%)"
         in text
     )
 

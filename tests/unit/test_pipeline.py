@@ -605,3 +605,33 @@ def test_no_time_left_to_generate_is_a_504_not_a_killed_lambda() -> None:
     assert raised.value.status == 504
     assert not _generate_calls(world)
     assert only_event(world.sink)["error"]["code"] == "request_budget_exhausted"
+
+
+def test_the_buffered_route_asks_for_no_more_tokens_than_its_time_allows() -> None:
+    """Issue 12 finding 11: TGI decodes an 8B model on one A10G at ~30 tokens/s (TGI benchmark
+    figures for Llama-3.1-8B on A10G; DESIGN 4), so 2048 new tokens need ~68 s, far past the
+    buffered 27 s budget: the request would time out and lose the whole answer. The pipeline
+    asks for what fits the generation timeout at the configured speed instead."""
+    # Given a model allowing 2048 new tokens, a 16 s read timeout and 30 tokens/s
+    world = fake_world(
+        env={
+            **profile_env(generation={**CHAT_PROFILE["generation"], "max_new_tokens_limit": 2048}),
+            "LLM_READ_TIMEOUT_S": "16",
+            "GENERATION_TOKENS_PER_S": "30",
+        }
+    )
+    # When a request asks for all of them
+    pipeline.answer(
+        RagRequest(
+            query="RAG",
+            expand=False,
+            author="Paul",
+            generation=GenerationRequest(max_new_tokens=2048),
+        ),
+        world.deps,
+    )
+    # Then the model is asked for at most 16 s x 30 tokens/s, and the trace says so
+    (call,) = _generate_calls(world)
+    assert call.params.max_new_tokens == 16 * 30
+    clamped = only_event(world.sink)["metadata"]["max_new_tokens_clamped"]
+    assert clamped == {"asked": 2048, "allowed": 480}

@@ -339,9 +339,18 @@ def run_main(
     aws: boto3.Session, hub: HfHub, model: str, quota: FakeQuota, qdrant: QdrantClient | None = None
 ) -> tuple[int, str]:
     env = {"QDRANT_URL": "http://qdrant.internal:6333"} if qdrant else {}
+    # An account already set up for API Gateway logging, with Lambda's default concurrency
+    role = aws.client("iam").create_role(RoleName="apigw-logs", AssumeRolePolicyDocument="{}")
+    aws.client("apigateway").update_account(
+        patchOperations=[
+            {"op": "replace", "path": "/cloudwatchRoleArn", "value": role["Role"]["Arn"]}
+        ]
+    )
+    lambda_client, _ = _lambda_with(unreserved=1000, current_reservation=None)
     clients = Clients(
         session=aws,
         quotas=quotas(aws, quota),
+        lambda_=lambda_client,
         hub=hub,
         qdrant_factory=(lambda url, key: qdrant) if qdrant else None,
         env=env,
@@ -356,7 +365,7 @@ def test_passing_config_exits_zero(aws: boto3.Session, fake_hub: tuple[FakeHub, 
     qdrant = qdrant_with(dict.fromkeys(preflight.QDRANT_COLLECTIONS, 384))
     code, text = run_main(aws, fake_hub[1], "twin-llama-3.1-8b", G5_2XL, qdrant)
     assert code == 0, text
-    assert [line.split()[0] for line in text.splitlines()[:-1]] == ["PASS", "PASS", "SKIP"] + [
+    assert [line.split()[0] for line in text.splitlines()[:-1]] == ["PASS"] * 4 + ["SKIP"] + [
         "PASS"
     ] * 5
     assert text.splitlines()[-1] == "preflight: all checks passed"
@@ -406,3 +415,85 @@ def test_an_unreachable_hub_is_a_fail_line_not_a_traceback():
     assert (results[0].status, results[0].check) == ("FAIL", "hub-model")
     assert "cannot reach the Hugging Face Hub" in results[0].why
     assert {r.status for r in results[1:]} == {"SKIP"}
+
+
+# --- API Gateway logging role, Lambda concurrency (issue 12) -----------------------------------
+
+
+def test_no_api_gateway_logging_role_fails_with_the_one_time_fix(aws: boto3.Session) -> None:
+    """Stage access and execution logging need a CloudWatch Logs role in the region's API Gateway
+    account settings (API Gateway developer guide, "Set up CloudWatch logging for REST APIs");
+    without it the stage fails to deploy ("CloudWatch Logs role ARN must be set in account
+    settings to enable logging"). moto's GetAccount answers as a fresh account: no role."""
+    result = preflight.check_api_gateway_role(
+        aws.client("apigateway"),
+        aws.client("iam"),
+        account="123456789012",
+        region=REGION,
+        stack_creates_it=False,
+    )
+    assert result.status == "FAIL"
+    assert "update-account" in result.why and "path=/cloudwatchRoleArn" in result.why
+    assert "AmazonAPIGatewayPushToCloudWatchLogs" in result.why
+    assert "api_gateway_account_role=true" in result.why
+
+
+def test_an_existing_logging_role_passes_and_a_deleted_one_fails(aws: boto3.Session) -> None:
+    iam = aws.client("iam")
+    apigateway = aws.client("apigateway")
+    arn = iam.create_role(RoleName="apigw-logs", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    apigateway.update_account(
+        patchOperations=[{"op": "replace", "path": "/cloudwatchRoleArn", "value": arn}]
+    )
+    args = {"account": "123456789012", "region": REGION, "stack_creates_it": False}
+    assert preflight.check_api_gateway_role(apigateway, iam, **args).status == "PASS"
+    # the state a destroyed stack that owned AWS::ApiGateway::Account leaves (aws-cdk#12769)
+    iam.delete_role(RoleName="apigw-logs")
+    deleted = preflight.check_api_gateway_role(apigateway, iam, **args)
+    assert deleted.status == "FAIL" and "no longer exists" in deleted.why
+
+
+def _lambda_with(unreserved: int, current_reservation: int | None) -> tuple[Any, Any]:
+    """A real Lambda client whose answers botocore's Stubber checks against the service model
+    (moto 5.2 does not implement GetAccountSettings)."""
+    from botocore.stub import Stubber
+
+    client = boto3.client("lambda", region_name=REGION)
+    stub = Stubber(client)
+    stub.add_response(
+        "get_account_settings",
+        {
+            "AccountLimit": {
+                "ConcurrentExecutions": 1000,
+                "UnreservedConcurrentExecutions": unreserved,
+            }
+        },
+    )
+    if current_reservation is None:
+        stub.add_client_error(
+            "get_function_concurrency",
+            service_error_code="ResourceNotFoundException",
+            http_status_code=404,
+        )
+    else:
+        stub.add_response(
+            "get_function_concurrency", {"ReservedConcurrentExecutions": current_reservation}
+        )
+    stub.activate()
+    return client, stub
+
+
+def test_reserved_concurrency_that_would_leave_less_than_100_unreserved_fails() -> None:
+    """Lambda keeps at least 100 concurrent executions unreserved per account and region
+    (Lambda developer guide, "Configuring reserved concurrency"): new accounts often have a
+    limit of 10 or 100, so any reservation fails the deploy there."""
+    client, _ = _lambda_with(unreserved=100, current_reservation=None)
+    result = preflight.check_lambda_concurrency(client, function_name="llm-twin-rag", reserve=5)
+    assert result.status == "FAIL"
+    assert "lambda_reserved_concurrency" in result.why and "100" in result.why
+
+
+def test_a_redeploy_counts_the_functions_own_reservation_as_available() -> None:
+    client, _ = _lambda_with(unreserved=100, current_reservation=5)
+    result = preflight.check_lambda_concurrency(client, function_name="llm-twin-rag", reserve=5)
+    assert result.status == "PASS"
