@@ -12,7 +12,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONPATH := $(CURDIR)/lambda_src:$(CURDIR)
 
 .PHONY: help install checkov-venv test lint unit synth synth-offline package deploy destroy preflight redrive-traces cost pin local ingest \
-        models bench bench-baseline e2e clean
+        models bench bench-baseline e2e eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -72,6 +72,13 @@ local: install ## serve the API on 127.0.0.1:8000: embedded Qdrant + sample corp
 	    exit 1; }; \
 	fi
 	$(PY) -m tools.local_server
+
+eval: install ## score retrieval (and answers, with JUDGE_URL) on eval/llm-twin-qa.jsonl: [API_URL=... API_KEY=...] [K=5] [COMPARE="A=1 A=2"]
+	@if [ -z "$$API_URL" ] && [ -z "$$EMBEDDING_MODEL_DIR" ] && [ ! -d build/models/embedding ]; then \
+	  $(PY) -m tools.fetch_models --pin-if-unpinned || { \
+	    echo "make eval: could not download the models; set EMBEDDING_MODEL_DIR or API_URL"; exit 1; }; \
+	fi
+	$(PY) -m tools.evaluate $(if $(K),--k $(K),) $(if $(COMPARE),--compare $(COMPARE),)
 
 ingest: install ## load JSONL documents into Qdrant: make ingest FILE=docs.jsonl [QDRANT_URL=...] [STRICT=1]
 	@test -n "$(FILE)" || { echo "usage: make ingest FILE=docs.jsonl [QDRANT_URL=https://...] [STRICT=1]"; exit 2; }

@@ -174,6 +174,7 @@ def _is_json_type(content_type: str) -> bool:
 def _source(chunk: Chunk) -> Source:
     return Source(
         id=chunk.id,
+        document_id=chunk.document_id,
         collection=chunk.collection,
         author_full_name=chunk.author_full_name,
         platform=chunk.platform,

@@ -87,6 +87,8 @@ class RagRequest(RetrieveRequest):
 
 class Source(BaseModel):
     id: str
+    document_id: str | None = None
+    """The payload's `document_id`: the source document, shared by all of its chunks."""
     collection: str
     author_full_name: str | None
     platform: str | None

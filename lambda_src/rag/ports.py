@@ -30,6 +30,13 @@ class Chunk:
     link: str | None = None
     payload: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def document_id(self) -> str | None:
+        """The source document's id (DESIGN 3.2 payload): what evaluation labels refer to; a
+        document cut into several chunks has one id and several point ids."""
+        value = self.payload.get("document_id")
+        return None if value is None else str(value)
+
 
 @dataclass(frozen=True)
 class SearchResult:

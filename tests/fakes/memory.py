@@ -267,6 +267,7 @@ def chunk(
         author_full_name=author,
         platform=platform,
         link=f"https://example.com/{id}",
+        payload={"document_id": f"doc-{id}"},
     )
 
 

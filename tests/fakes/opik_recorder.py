@@ -2,7 +2,9 @@
 
 It speaks just enough of Opik's protocol for the SDK: the batch create endpoints with Opik's
 upsert-by-id semantics (a second write of the same id updates, it does not add), gzip request
-bodies as the SDK sends them, and 204/200 answers everywhere else. Fault modes let tests make it
+bodies as the SDK sends them, the dataset and experiment endpoints `opik.evaluate` uses
+(a dataset by name, its items inserted and streamed back, experiments, experiment items,
+feedback scores), and 204/200 answers everywhere else. Fault modes let tests make it
 fail (5xx), drop connections, or go down and come back on the same port.
 
     with OpikRecorder() as opik:
@@ -26,6 +28,17 @@ TRACES_BATCH = "/v1/private/traces/batch"
 SPANS_BATCH = "/v1/private/spans/batch"
 TRACE_UPDATE = "/v1/private/traces/"
 SPAN_UPDATE = "/v1/private/spans/"
+DATASETS = "/v1/private/datasets"
+DATASET_RETRIEVE = "/v1/private/datasets/retrieve"
+DATASET_ITEMS = "/v1/private/datasets/items"
+DATASET_ITEMS_STREAM = "/v1/private/datasets/items/stream"
+EXPERIMENTS = "/v1/private/experiments"
+EXPERIMENT_ITEMS = "/v1/private/experiments/items"
+TRACE_FEEDBACK = "/v1/private/traces/feedback-scores"
+VERSION = "/is-alive/ver"
+SERVER_VERSION = "1.0.0"
+"""Reported by the version probe: older than parallel dataset uploads, so the SDK inserts
+items one batch after another (what this recorder models)."""
 API_PREFIX = "/api"
 """Comet's URL is .../opik/api; a base URL ending in /api is accepted too."""
 
@@ -53,6 +66,13 @@ class _State:
     traces: dict[str, dict[str, Any]] = field(default_factory=dict)
     spans: dict[str, dict[str, Any]] = field(default_factory=dict)
     writes: dict[str, int] = field(default_factory=dict)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """By name."""
+    dataset_items: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Dataset name -> item id -> item."""
+    experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    experiment_items: list[dict[str, Any]] = field(default_factory=list)
+    feedback_scores: list[dict[str, Any]] = field(default_factory=list)
     faults: _Faults = field(default_factory=_Faults)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -101,6 +121,30 @@ class OpikRecorder(LoopbackServer):
         with self._state.lock:
             return {key: dict(value) for key, value in self._state.spans.items()}
 
+    @property
+    def datasets(self) -> dict[str, dict[str, Any]]:
+        with self._state.lock:
+            return {name: dict(value) for name, value in self._state.datasets.items()}
+
+    def dataset_items(self, name: str) -> list[dict[str, Any]]:
+        with self._state.lock:
+            return [dict(item) for item in self._state.dataset_items.get(name, {}).values()]
+
+    @property
+    def experiments(self) -> dict[str, dict[str, Any]]:
+        with self._state.lock:
+            return {key: dict(value) for key, value in self._state.experiments.items()}
+
+    @property
+    def experiment_items(self) -> list[dict[str, Any]]:
+        with self._state.lock:
+            return list(self._state.experiment_items)
+
+    @property
+    def feedback_scores(self) -> list[dict[str, Any]]:
+        with self._state.lock:
+            return list(self._state.feedback_scores)
+
     def writes(self, item_id: str) -> int:
         """How many times an id was written (an upsert keeps one item however many)."""
         with self._state.lock:
@@ -115,6 +159,11 @@ class OpikRecorder(LoopbackServer):
             self._state.traces.clear()
             self._state.spans.clear()
             self._state.writes.clear()
+            self._state.datasets.clear()
+            self._state.dataset_items.clear()
+            self._state.experiments.clear()
+            self._state.experiment_items.clear()
+            self._state.feedback_scores.clear()
             self._state.faults = _Faults()
 
 
@@ -144,11 +193,15 @@ def _handler_for(state: _State) -> type[TrackedHandler]:
                 else:
                     drop = False
                 faults = state.faults
+                payload: bytes | None = None
                 if not drop and faults.fail_next > 0 and faults.fail_path in (None, path):
                     state.faults.fail_next -= 1
                     status = int(state.faults.fail_status)
                 elif not drop:
-                    status = _store(state, self.command, path, body)
+                    status, payload = _evaluation(state, self.command, path, body) or (
+                        _store(state, self.command, path, body),
+                        None,
+                    )
                 else:
                     status = 0
                 state.calls.append(
@@ -158,7 +211,7 @@ def _handler_for(state: _State) -> type[TrackedHandler]:
                 self.close_connection = True
                 self.connection.close()
                 return
-            self._respond(status)
+            self._respond(status, payload)
 
         def _read_body(self) -> Any:
             length = int(self.headers.get("Content-Length") or 0)
@@ -172,9 +225,10 @@ def _handler_for(state: _State) -> type[TrackedHandler]:
             except ValueError:
                 return raw.decode("utf-8", "replace")
 
-        def _respond(self, status: int) -> None:
-            payload = b"" if status == HTTPStatus.NO_CONTENT else b"{}"
-            if status >= 400:
+        def _respond(self, status: int, payload: bytes | None = None) -> None:
+            if payload is None:
+                payload = b"" if status == HTTPStatus.NO_CONTENT else b"{}"
+            if status >= 400 and payload in (b"", b"{}"):
                 payload = json.dumps({"errors": [f"recorder fault {status}"]}).encode()
             self.send_response(status)
             if payload:
@@ -184,6 +238,57 @@ def _handler_for(state: _State) -> type[TrackedHandler]:
             self.wfile.write(payload)
 
     return Handler
+
+
+def _evaluation(
+    state: _State, method: str, path: str, body: Any
+) -> tuple[int, bytes | None] | None:
+    """The dataset and experiment endpoints (Opik's REST API, as opik.rest_api calls them);
+    None for any other request. Caller holds the lock."""
+    from rag.ids import new_id
+
+    body = body if isinstance(body, dict) else {}
+    if method == "GET" and path == VERSION:
+        return HTTPStatus.OK, json.dumps({"version": SERVER_VERSION}).encode()
+    if method == "POST" and path == DATASET_RETRIEVE:
+        dataset = state.datasets.get(body.get("dataset_name", ""))
+        if dataset is None:
+            return HTTPStatus.NOT_FOUND, json.dumps({"errors": ["Dataset not found"]}).encode()
+        return HTTPStatus.OK, json.dumps(dataset).encode()
+    if method == "GET" and path.startswith(DATASETS + "/") and path.count("/") == 4:
+        wanted = path.rsplit("/", 1)[1]
+        found = next((d for d in state.datasets.values() if d["id"] == wanted), None)
+        if found is None:
+            return HTTPStatus.NOT_FOUND, json.dumps({"errors": ["Dataset not found"]}).encode()
+        return HTTPStatus.OK, json.dumps(found).encode()
+    if method == "POST" and path == DATASETS:
+        dataset = {"id": body.get("id") or new_id(), "name": body["name"]}
+        state.datasets[body["name"]] = dataset
+        return HTTPStatus.CREATED, b""
+    if method == "PUT" and path == DATASET_ITEMS:
+        name = body.get("dataset_name") or next(
+            (d["name"] for d in state.datasets.values() if d["id"] == body.get("dataset_id")), ""
+        )
+        items = state.dataset_items.setdefault(name, {})
+        for item in body.get("items", []):
+            items[item.get("id") or new_id()] = item
+        return HTTPStatus.NO_CONTENT, None
+    if method == "POST" and path == DATASET_ITEMS_STREAM:
+        # Newline-delimited JSON, one DatasetItem a line, as the real endpoint streams them.
+        items = state.dataset_items.get(body.get("dataset_name", ""), {})
+        lines = [json.dumps({**item, "id": item_id}) for item_id, item in items.items()]
+        return HTTPStatus.OK, "\n".join(lines).encode()
+    if method == "POST" and path == EXPERIMENTS:
+        experiment_id = body.get("id") or new_id()
+        state.experiments[experiment_id] = {**body, "id": experiment_id}
+        return HTTPStatus.CREATED, b""
+    if method == "POST" and path == EXPERIMENT_ITEMS:
+        state.experiment_items.extend(body.get("experiment_items", []))
+        return HTTPStatus.NO_CONTENT, None
+    if method == "PUT" and path == TRACE_FEEDBACK:
+        state.feedback_scores.extend(body.get("scores", []))
+        return HTTPStatus.NO_CONTENT, None
+    return None
 
 
 def _store(state: _State, method: str, path: str, body: Any) -> int:

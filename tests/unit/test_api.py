@@ -106,12 +106,15 @@ def test_handbook_compatible_rag_query_gets_an_answer() -> None:
     assert len(body["sources"]) == 3
     assert set(body["sources"][0]) == {
         "id",
+        "document_id",
         "collection",
         "author_full_name",
         "platform",
         "link",
         "score",
     }
+    # Each source names its document (the payload's document_id), not only its chunk.
+    assert all(s["document_id"] == f"doc-{s['id']}" for s in body["sources"])
     assert body["model"] == "mlabonne/TwinLlama-3.1-8B-DPO"
     assert body["trace_id"] == world.sink.events[0]["trace_id"]
     assert {"embed", "search", "generate", "total"} <= set(body["timings_ms"])

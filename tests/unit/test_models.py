@@ -127,6 +127,7 @@ def test_json_bodies_are_strict() -> None:
 def test_rag_response_carries_context_only_when_asked() -> None:
     chunk = ContextChunk(
         id="a1",
+        document_id="art-1",
         collection="embedded_articles",
         author_full_name="Paul Iusztin",
         platform="medium",
@@ -149,6 +150,7 @@ def test_rag_response_carries_context_only_when_asked() -> None:
     assert set(without) == {"answer", "sources", "model", "usage", "trace_id", "timings_ms"}
     assert without["sources"][0] == {
         "id": "a1",
+        "document_id": "art-1",
         "collection": "embedded_articles",
         "author_full_name": "Paul Iusztin",
         "platform": "medium",
