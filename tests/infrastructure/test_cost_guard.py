@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import aws_cdk as cdk
@@ -13,8 +12,6 @@ from aws_cdk.assertions import Match, Template
 
 from stacks.config import DeploymentConfig, load_model_config
 from stacks.constructs.cost_guard import CostGuard
-
-os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
 ENDPOINT = "llm-twin-twin-llama-3-1-8b"
 COMPONENT = "llm-twin-twin-llama-3-1-8b-ic"
