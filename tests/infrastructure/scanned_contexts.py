@@ -1,5 +1,5 @@
 """The synth contexts the security scans cover: the shipped models, and every optional cdk
-context key set at once (fake values; the VPC lookup falls back to CDK's dummy VPC offline)."""
+context key set at once (fake values, with the VPC lookup answered as cdk.context.json would)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,43 @@ ALL_OPTIONAL_KEYS: dict[str, Any] = {
     "embedding_model_dir": "/nonexistent/embedding",
     "reranker_model_dir": "/nonexistent/reranker",
 }
+
+
+# The vpc-provider answer `cdk synth` caches in cdk.context.json for vpc_id (shape: the cloud
+# assembly's VpcContextResponse). Without it CDK synthesizes a dummy VPC whose ids ("p-12345")
+# CloudFormation's validation rejects, an error under @aws-cdk/core:validateAgainstDefaultRules.
+VPC_LOOKUP: dict[str, Any] = {
+    "vpc-provider:account={account}:filter.vpc-id={vpc_id}:region={region}:returnAsymmetricSubnets=true".format(
+        **ALL_OPTIONAL_KEYS
+    ): {
+        "vpcId": ALL_OPTIONAL_KEYS["vpc_id"],
+        "vpcCidrBlock": "10.0.0.0/16",
+        "ownerAccountId": ALL_OPTIONAL_KEYS["account"],
+        "availabilityZones": [],
+        "subnetGroups": [
+            {
+                "name": kind,
+                "type": kind,
+                "subnets": [
+                    {
+                        "subnetId": f"subnet-0{digit}a{digit * 15}",
+                        "availabilityZone": "eu-west-1a",
+                        "routeTableId": f"rtb-0{digit}a{digit * 15}",
+                    },
+                    {
+                        "subnetId": f"subnet-0{digit}b{digit * 15}",
+                        "availabilityZone": "eu-west-1b",
+                        "routeTableId": f"rtb-0{digit}b{digit * 15}",
+                    },
+                ],
+            }
+            for kind, digit in (("Public", "1"), ("Private", "2"))
+        ],
+    }
+}
 SCANNED: dict[str, dict[str, Any]] = {
     "default": DEFAULT,
     "gated-chat": GATED_CHAT,
     "multi-gpu": MULTI_GPU,
-    "all-optional-keys": ALL_OPTIONAL_KEYS,
+    "all-optional-keys": {**ALL_OPTIONAL_KEYS, **VPC_LOOKUP},
 }

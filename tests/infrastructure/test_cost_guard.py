@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import aws_cdk as cdk
@@ -13,15 +12,14 @@ from aws_cdk.assertions import Match, Template
 
 from stacks.config import DeploymentConfig, load_model_config
 from stacks.constructs.cost_guard import CostGuard
-
-os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+from tests.conftest import app_context
 
 ENDPOINT = "llm-twin-twin-llama-3-1-8b"
 COMPONENT = "llm-twin-twin-llama-3-1-8b-ic"
 
 
 def synth(model: str = "twin-llama-3.1-8b", **deployment: Any) -> Template:
-    app = cdk.App(context={"aws:cdk:bundling-stacks": []})
+    app = cdk.App(context=app_context())
     stack = cdk.Stack(
         app, "CostGuardTest", env=cdk.Environment(account="123456789012", region="us-east-1")
     )
@@ -98,25 +96,17 @@ def test_scale_to_zero_sdk_calls_are_scoped_to_the_component(guarded: Template) 
     assert f'\\"InferenceComponentName\\":\\"{COMPONENT}\\"' in definition
     assert '\\"CopyCount\\":0' in definition
 
-    # and every SageMaker permission is on that component's ARN only
+    # and every SageMaker permission is on that component's ARN only (the stack's region is known,
+    # so @aws-cdk/core:enablePartitionLiterals writes its partition as a literal)
     statements = [
         s
         for policy in guarded.find_resources("AWS::IAM::Policy").values()
         for s in policy["Properties"]["PolicyDocument"]["Statement"]
         if "sagemaker" in json.dumps(s["Action"])
     ]
-    component_arn = {
-        "Fn::Join": [
-            "",
-            [
-                "arn:",
-                {"Ref": "AWS::Partition"},
-                f":sagemaker:us-east-1:123456789012:inference-component/{COMPONENT}",
-            ],
-        ]
-    }
-    assert all(s["Resource"] == component_arn for s in statements)
+    component_arn = f"arn:aws:sagemaker:us-east-1:123456789012:inference-component/{COMPONENT}"
     assert statements
+    assert all(s["Resource"] == component_arn for s in statements)
 
 
 def test_budget_alerts_at_80_percent_actual_and_100_percent_forecast(guarded: Template) -> None:
@@ -185,7 +175,7 @@ def test_aws_solutions_nag_pack_has_no_unacknowledged_finding() -> None:
     from aws_cdk import Validations
     from cdk_nag import AwsSolutionsChecks
 
-    app = cdk.App(context={"aws:cdk:bundling-stacks": []})
+    app = cdk.App(context=app_context())
     stack = cdk.Stack(
         app, "NagTest", env=cdk.Environment(account="123456789012", region="us-east-1")
     )

@@ -63,11 +63,21 @@ def test_environment_agnostic_stack_maps_every_region_to_the_sdk_image(synth):
     )
 
 
-@pytest.mark.parametrize("region", ["eu-west-1", "cn-north-1"])
+@pytest.mark.parametrize("region", ["eu-west-1", "ap-southeast-3"])
 def test_pinned_region_resolves_the_image_at_synth(synth, region):
     template = synth(account="123456789012", region=region)["endpoint"]
     assert _env_image(template) == tgi_image.image_uri("3.3.6", region)
     assert "Mappings" not in template
+
+
+def test_a_region_without_inference_components_fails_synth(synth):
+    """CloudFormation's registry for cn-north-1 has no AWS::SageMaker::InferenceComponent
+    (aws-cloudformation/cfn-lint src/cfnlint/data/schemas/providers/cn-north-1.json, generated from
+    each region's resource types); synth validates every template against it and, with
+    @aws-cdk/core:validateAgainstDefaultRules (aws-cdk-lib FEATURE_FLAGS.md), refuses the stack
+    instead of leaving the failure to the deployment."""
+    with pytest.raises(RuntimeError, match=r"'AWS::SageMaker::InferenceComponent' does not exist"):
+        synth(account="123456789012", region="cn-north-1")
 
 
 def _env_image(template):

@@ -18,6 +18,7 @@ from stacks.endpoint_encryption import (
 )
 from stacks.instances import GPU_INSTANCES
 from stacks.nag_packs import ENDPOINT_KMS_RULE, NIST_PLUGIN, SageMakerEndpointNistChecks
+from tests.conftest import app_context
 
 
 def _endpoint_config_app(outdir, instance_type: str, *, protect: bool) -> cdk.App:
@@ -102,7 +103,7 @@ def test_every_supported_gpu_instance_is_classified_and_has_local_storage():
 )
 def test_the_app_finding_is_exactly_the_acknowledged_endpoint_config(context):
     # Given the real app's construct tree (synth itself runs the pack: see test_security_gates)
-    app = cdk.App(context={"aws:cdk:bundling-stacks": [], **context})
+    app = cdk.App(context=app_context(**context))
     build_app(app)
     # When the pack checks it directly (validateScope reports acknowledged findings too)
     report = SageMakerEndpointNistChecks().validate_scope(app)

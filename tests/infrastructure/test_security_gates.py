@@ -11,6 +11,7 @@ from aws_cdk import aws_iam as iam
 from cdk_nag import AwsSolutionsChecks
 
 from stacks.app_builder import build_app
+from tests.conftest import app_context
 
 CONTEXTS = [{}, {"model": "llama-3.1-8b-instruct"}, {"model": "qwen2.5-32b-instruct"}]
 # cfn-lint findings we accept, each with its reason.
@@ -23,7 +24,7 @@ CFN_LINT_REGIONS = ["us-east-1", "us-west-2", "eu-west-1"]
 
 
 def _synth_to(outdir: Path, context: dict) -> cdk.App:
-    app = cdk.App(outdir=str(outdir), context={"aws:cdk:bundling-stacks": [], **context})
+    app = cdk.App(outdir=str(outdir), context=app_context(**context))
     build_app(app)
     app.synth()
     return app
