@@ -19,7 +19,6 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from rag.api import MAX_BODY_BYTES, ROUTE_METHODS
 from rag.models import (
     MAX_AUTHOR_CHARS,
     MAX_QUERY_CHARS,
@@ -30,6 +29,7 @@ from rag.models import (
     RetrieveResponse,
 )
 from rag.settings import DEFAULT_PROFILE
+from web.app import MAX_BODY_BYTES, ROUTE_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "docs" / "openapi.json"
