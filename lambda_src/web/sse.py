@@ -55,7 +55,10 @@ class PipelineStream:
         threading.Thread(target=self._produce, name="rag-stream", daemon=True).start()
 
     def _put(self, item: Any) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the server's loop is gone (shutdown): nobody is left to read
+            self._cancelled.set()
 
     def _produce(self) -> None:
         generator: Iterator[StreamEvent] | None = None

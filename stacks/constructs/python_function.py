@@ -50,7 +50,9 @@ class PythonFunction(Construct):
         vpc: ec2.IVpc | None = None,
     ):
         super().__init__(scope, construct_id)
-        if (handler is None) == (not web_app):
+        if web_app:
+            handler = web_adapter.HANDLER
+        if handler is None:
             raise ValueError("give either a Python handler or web_app=True")
         adapter_env = web_adapter.environment() if web_app else {}
         self.log_group = logs.LogGroup(
@@ -85,7 +87,7 @@ class PythonFunction(Construct):
             description=description,
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
-            handler=web_adapter.HANDLER if web_app else handler,
+            handler=handler,
             layers=[web_adapter.layer(self, ARCHITECTURE)] if web_app else None,
             code=lambda_.Code.from_asset(
                 str(LAMBDA_SRC),
