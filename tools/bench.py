@@ -618,6 +618,67 @@ def critical_path(models: Models, qdrant_path: Path, runs: int) -> dict[str, flo
 # --------------------------------------------------------------------------- bundles
 
 
+TOKEN_DELAY_S = 0.05
+"""The paced fake's gap before each streamed token: ~20 tokens/s, an 8B model's order."""
+TTFT_ANSWER_WORDS = 40
+
+
+def time_to_first_token(models: Models, qdrant_path: Path, runs: int) -> dict[str, float]:
+    """A streamed /rag over real HTTP (the local server's uvicorn + app, in process) against the
+    paced TGI fake (in process too, so both clocks are this perf_counter): request -> first
+    `token` event; the model's first token written -> that event read by the client; and the
+    buffered answer's time for the same request."""
+    import httpx
+
+    from tests.fakes.tgi_server import TgiServer, fixed
+    from tools.local_server import LocalServer, local_app
+
+    answer = " ".join(f"word{i}" for i in range(TTFT_ANSWER_WORDS))
+    with TgiServer(fixed(answer), token_delay_s=TOKEN_DELAY_S) as tgi:
+        deps = production_deps(models, qdrant_path, llm_url=tgi.url)
+        deps = replace(
+            deps,
+            settings=deps.settings.model_copy(
+                update={"self_query_enabled": False, "expansion_n": 1}
+            ),
+        )
+        ttft, gap, buffered, done = [], [], [], []
+        try:
+            with (
+                LocalServer(local_app(deps)) as server,
+                httpx.Client(base_url=server.url, timeout=120) as http,
+            ):
+                queries = load_queries()
+                for i in range(runs + 1):
+                    body = {"query": queries[i % len(queries)]["query"], "k": K}
+                    start = time.perf_counter()
+                    first_s = end_s = None
+                    with http.stream("POST", "/rag", json={**body, "stream": True}) as response:
+                        for line in response.iter_lines():
+                            if line == "event: token" and first_s is None:
+                                first_s = time.perf_counter()
+                            if line == "event: done":
+                                end_s = time.perf_counter()
+                    start_b = time.perf_counter()
+                    http.post("/rag", json=body).raise_for_status()
+                    if i == 0 or first_s is None or end_s is None:
+                        continue  # the first round opens connections and warms the models
+                    ttft.append((first_s - start) * 1e3)
+                    gap.append((first_s - tgi.first_token_sent_s[-1]) * 1e3)
+                    done.append((end_s - start) * 1e3)
+                    buffered.append((time.perf_counter() - start_b) * 1e3)
+        finally:
+            deps.store.close()  # type: ignore[attr-defined]
+    return {
+        "runs": runs,
+        "ttft_ms": statistics.median(ttft),
+        "gap_ms": statistics.median(gap),
+        "gap_max_ms": max(gap),
+        "done_ms": statistics.median(done),
+        "buffered_ms": statistics.median(buffered),
+    }
+
+
 def pypi_reachable() -> bool:
     index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple")
     host = index.split("://", 1)[-1].split("/", 1)[0].split(":")[0]
@@ -918,6 +979,21 @@ def render(results: dict[str, Any]) -> str:
         ratio(cp["to_generate_ms"], bcp["to_generate_ms"] if bcp else None),
         "helpers + embed + search + rerank + prompt",
     )
+    tt = results.get("ttft")
+    if tt:
+        row(
+            f"streamed /rag: request -> first token event, paced fake {TOKEN_DELAY_S * 1e3:.0f} "
+            "ms/token (ms)",
+            f"{tt['ttft_ms']:.0f}",
+            note=f"median of {tt['runs']}, real HTTP through uvicorn; the whole stream "
+            f"({TTFT_ANSWER_WORDS} tokens) {tt['done_ms']:.0f} ms, the buffered answer to the "
+            f"same request {tt['buffered_ms']:.0f} ms",
+        )
+        row(
+            "streamed /rag: model's first token -> client reads its event (ms)",
+            f"{tt['gap_ms']:.1f} (max {tt['gap_max_ms']:.1f})",
+            note="budget 50 ms; fake and server in one process, one clock",
+        )
     ing = results["ingest"]
     row(
         "ingest sample corpus (documents/s, chunks/s)",
@@ -1045,6 +1121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "requests": requests,
             }
 
+        log("time to first token: paced TGI fake, streamed /rag over HTTP")
+        results["ttft"] = time_to_first_token(
+            models, stores[POINTS[0]], CRITICAL_REQUESTS_QUICK if quick else CRITICAL_REQUESTS
+        )
         log("critical path: TGI fake with a fixed delay")
         results["critical"] = critical_path(
             models, stores[POINTS[0]], CRITICAL_REQUESTS_QUICK if quick else CRITICAL_REQUESTS

@@ -776,13 +776,13 @@ def _stream(server: TgiServer, handler: BaseHTTPRequestHandler, body: Any) -> No
         return
     fault = server._next_fault()
     if fault is not None and not fault.kind.startswith("stream_"):
-        reply = _fault_reply(server, fault, sagemaker)
-        if reply is None:
+        faulty = _fault_reply(server, fault, sagemaker)
+        if faulty is None:
             handler.close_connection = True
             return
-        if sagemaker and reply.status >= 400 and "x-amzn-ErrorType" not in reply.headers:
-            reply = _as_sagemaker_model_error(reply)
-        handler._send(reply)  # type: ignore[attr-defined]
+        if sagemaker and faulty.status >= 400 and "x-amzn-ErrorType" not in faulty.headers:
+            faulty = _as_sagemaker_model_error(faulty)
+        handler._send(faulty)  # type: ignore[attr-defined]
         return
     server._sleep(server.delay_s)
     events, _ = stream_payloads(server, schema_name, body)
