@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rag.llm_stream import TextStream
     from rag.pipeline import Deps
     from rag.ports import Generation, GenerationParams
 
@@ -104,7 +105,7 @@ COLD_ENV = {
 COLD_CHILD = """
 import json, resource, time
 t0 = time.perf_counter()
-import handlers.business
+import uvicorn, web.main  # run.sh's uvicorn and the app the Lambda Web Adapter waits for
 t1 = time.perf_counter()
 from rag import wiring
 wiring.get_deps()
@@ -440,6 +441,22 @@ class InstantLLM:
     ) -> Generation:
         return self.complete(messages[-1]["content"], params, json_schema=json_schema)
 
+    def stream_complete(
+        self, prompt: str, params: GenerationParams, *, stall_timeout_s: float
+    ) -> TextStream:
+        from tests.fakes.memory import tgi_stream_of
+
+        return tgi_stream_of(self.complete(prompt, params))
+
+    def stream_chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        params: GenerationParams,
+        *,
+        stall_timeout_s: float,
+    ) -> TextStream:
+        return self.stream_complete(messages[-1]["content"], params, stall_timeout_s=0)
+
 
 def _query_of(prompt: str) -> str:
     return prompt.rsplit("<query>", 1)[-1].split("</query>", 1)[0].strip()[:200] or "query"
@@ -462,6 +479,14 @@ class TimedLLM:
         if kwargs.get("json_schema") is None:
             self.generate_started.append(time.perf_counter())
         return self.inner.chat(messages, params, **kwargs)
+
+    def stream_complete(self, prompt: str, params: Any, **kwargs: Any) -> Any:
+        self.generate_started.append(time.perf_counter())
+        return self.inner.stream_complete(prompt, params, **kwargs)
+
+    def stream_chat(self, messages: Any, params: Any, **kwargs: Any) -> Any:
+        self.generate_started.append(time.perf_counter())
+        return self.inner.stream_chat(messages, params, **kwargs)
 
 
 class TimedEmbedder:
@@ -494,27 +519,16 @@ def production_deps(models: Models, qdrant_path: Path, llm_url: str | None = Non
 
 
 def handler_for(deps: Deps) -> Any:
-    """The Lambda handler (Powertools decorators included) over these deps."""
-    import handlers.business as business
-    from rag import wiring
+    """The Lambda's ASGI app over these deps, called in process (Starlette's TestClient)."""
+    from starlette.testclient import TestClient
 
-    wiring._deps = deps  # get_deps() now returns these
-    return business.lambda_handler
+    from web.app import create_app
+
+    return TestClient(create_app(lambda: deps))
 
 
-def rag_event(query: str, author: str | None, request_id: str) -> dict[str, Any]:
-    from tools.local_server import to_event
-
-    body = {"query": query, "k": K, **({"author": author} if author else {})}
-    return to_event(
-        method="POST",
-        target="/rag",
-        headers=[("Content-Type", "application/json"), ("Host", "bench")],
-        body=json.dumps(body).encode(),
-        source_ip="127.0.0.1",
-        request_id=request_id,
-        known_paths=("/rag", "/retrieve", "/health"),
-    )
+def rag_body(query: str, author: str | None) -> dict[str, Any]:
+    return {"query": query, "k": K, **({"author": author} if author else {})}
 
 
 @dataclass
@@ -524,10 +538,8 @@ class WarmResult:
 
 
 def warm(deps: Deps, requests: int) -> WarmResult:
-    from tools.local_server import LocalContext
-
     llm = InstantLLM()
-    handler = handler_for(replace(deps, llm=llm))
+    client = handler_for(replace(deps, llm=llm))
     queries = load_queries()
     stages: dict[str, list[float]] = {name: [] for name in (*STAGES, "total_without_rerank")}
     for i in range(WARMUP_REQUESTS + requests):
@@ -535,18 +547,14 @@ def warm(deps: Deps, requests: int) -> WarmResult:
         # Half the requests name their author, half leave it to self-query.
         author = item.get("author") if i % 2 else None
         llm.author = item.get("author")
-        request_id = f"bench-{i}"
-        event = rag_event(item["query"], author, request_id)
         start = time.perf_counter()
-        result = handler(event, LocalContext(aws_request_id=request_id))
+        result = client.post("/rag", json=rag_body(item["query"], author))
         wall_ms = (time.perf_counter() - start) * 1e3
-        if result["statusCode"] != 200:
-            raise RuntimeError(
-                f"warm request failed: {result['statusCode']} {result['body'][:300]}"
-            )
+        if result.status_code != 200:
+            raise RuntimeError(f"warm request failed: {result.status_code} {result.text[:300]}")
         if i < WARMUP_REQUESTS:
             continue
-        timings = json.loads(result["body"])["timings_ms"]
+        timings = result.json()["timings_ms"]
         for name in STAGES[:-2]:
             if name in timings:
                 stages[name].append(float(timings[name]))
@@ -608,6 +616,67 @@ def critical_path(models: Models, qdrant_path: Path, runs: int) -> dict[str, flo
 
 
 # --------------------------------------------------------------------------- bundles
+
+
+TOKEN_DELAY_S = 0.05
+"""The paced fake's gap before each streamed token: ~20 tokens/s, an 8B model's order."""
+TTFT_ANSWER_WORDS = 40
+
+
+def time_to_first_token(models: Models, qdrant_path: Path, runs: int) -> dict[str, float]:
+    """A streamed /rag over real HTTP (the local server's uvicorn + app, in process) against the
+    paced TGI fake (in process too, so both clocks are this perf_counter): request -> first
+    `token` event; the model's first token written -> that event read by the client; and the
+    buffered answer's time for the same request."""
+    import httpx
+
+    from tests.fakes.tgi_server import TgiServer, fixed
+    from tools.local_server import LocalServer, local_app
+
+    answer = " ".join(f"word{i}" for i in range(TTFT_ANSWER_WORDS))
+    with TgiServer(fixed(answer), token_delay_s=TOKEN_DELAY_S) as tgi:
+        deps = production_deps(models, qdrant_path, llm_url=tgi.url)
+        deps = replace(
+            deps,
+            settings=deps.settings.model_copy(
+                update={"self_query_enabled": False, "expansion_n": 1}
+            ),
+        )
+        ttft, gap, buffered, done = [], [], [], []
+        try:
+            with (
+                LocalServer(local_app(deps)) as server,
+                httpx.Client(base_url=server.url, timeout=120) as http,
+            ):
+                queries = load_queries()
+                for i in range(runs + 1):
+                    body = {"query": queries[i % len(queries)]["query"], "k": K}
+                    start = time.perf_counter()
+                    first_s = end_s = None
+                    with http.stream("POST", "/rag", json={**body, "stream": True}) as response:
+                        for line in response.iter_lines():
+                            if line == "event: token" and first_s is None:
+                                first_s = time.perf_counter()
+                            if line == "event: done":
+                                end_s = time.perf_counter()
+                    start_b = time.perf_counter()
+                    http.post("/rag", json=body).raise_for_status()
+                    if i == 0 or first_s is None or end_s is None:
+                        continue  # the first round opens connections and warms the models
+                    ttft.append((first_s - start) * 1e3)
+                    gap.append((first_s - tgi.first_token_sent_s[-1]) * 1e3)
+                    done.append((end_s - start) * 1e3)
+                    buffered.append((time.perf_counter() - start_b) * 1e3)
+        finally:
+            deps.store.close()  # type: ignore[attr-defined]
+    return {
+        "runs": runs,
+        "ttft_ms": statistics.median(ttft),
+        "gap_ms": statistics.median(gap),
+        "gap_max_ms": max(gap),
+        "done_ms": statistics.median(done),
+        "buffered_ms": statistics.median(buffered),
+    }
 
 
 def pypi_reachable() -> bool:
@@ -839,7 +908,7 @@ def render(results: dict[str, Any]) -> str:
         f"{c['total_ms']:.0f}",
         f"{bc['total_ms']:.0f}" if bc else "-",
         ratio(c["total_ms"], bc["total_ms"] if bc else None),
-        f"fresh process x{c['runs']}: `import handlers.business` {c['import_ms']:.0f} ms + "
+        f"fresh process x{c['runs']}: `import uvicorn, web.main` {c['import_ms']:.0f} ms + "
         f"production wiring (models, Qdrant, SageMaker, SQS clients) {c['deps_ms']:.0f} ms; "
         "budget 1500"
         + (
@@ -910,6 +979,21 @@ def render(results: dict[str, Any]) -> str:
         ratio(cp["to_generate_ms"], bcp["to_generate_ms"] if bcp else None),
         "helpers + embed + search + rerank + prompt",
     )
+    tt = results.get("ttft")
+    if tt:
+        row(
+            f"streamed /rag: request -> first token event, paced fake {TOKEN_DELAY_S * 1e3:.0f} "
+            "ms/token (ms)",
+            f"{tt['ttft_ms']:.0f}",
+            note=f"median of {tt['runs']}, real HTTP through uvicorn; the whole stream "
+            f"({TTFT_ANSWER_WORDS} tokens) {tt['done_ms']:.0f} ms, the buffered answer to the "
+            f"same request {tt['buffered_ms']:.0f} ms",
+        )
+        row(
+            "streamed /rag: model's first token -> client reads its event (ms)",
+            f"{tt['gap_ms']:.1f} (max {tt['gap_max_ms']:.1f})",
+            note="budget 50 ms; fake and server in one process, one clock",
+        )
     ing = results["ingest"]
     row(
         "ingest sample corpus (documents/s, chunks/s)",
@@ -966,7 +1050,7 @@ STAGE_NOTES = {
     "rerank": "one cross-encoder batch",
     "prompt": "",
     "generate": "call overhead only (instant LLM)",
-    "api": "event parsing, response model, JSON, trace event (handler wall - pipeline total)",
+    "api": "ASGI app in process: body parsing, response model, JSON, trace event (wall - pipeline total)",
 }
 BASELINE_STAGE_NOTES = {
     "embed": f"; Handbook: SentenceTransformer.encode once per query ({EXPANSION_N} calls)",
@@ -1037,6 +1121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "requests": requests,
             }
 
+        log("time to first token: paced TGI fake, streamed /rag over HTTP")
+        results["ttft"] = time_to_first_token(
+            models, stores[POINTS[0]], CRITICAL_REQUESTS_QUICK if quick else CRITICAL_REQUESTS
+        )
         log("critical path: TGI fake with a fixed delay")
         results["critical"] = critical_path(
             models, stores[POINTS[0]], CRITICAL_REQUESTS_QUICK if quick else CRITICAL_REQUESTS

@@ -1,10 +1,11 @@
 """The business API on this machine: `python -m tools.local_server [--host H] [--port P]`.
 
-Each HTTP request becomes an API Gateway REST proxy event and goes through the same resolver the
-Lambda runs (`rag.api.build_app` over `rag.wiring.build_deps`), so routes, validation and errors
-are the deployed ones; this module only does what API Gateway does in front of the Lambda (API
-key, 10 MB body limit, the event, the response) and what a newcomer needs around it (models,
-a filled Qdrant, an LLM or a clear 503, traces). Settings are env vars, see README "Local mode".
+uvicorn serves the same ASGI app the Lambda runs behind the Lambda Web Adapter
+(`web.app.create_app` over `rag.wiring.build_deps`), so routes, validation, errors and streams
+are the deployed ones; this module only adds what API Gateway does in front of the Lambda (API
+key, 10 MB body limit, a request id) as a local-only middleware, and what a newcomer needs
+around it (models, a filled Qdrant, an LLM or a clear 503, traces). Settings are env vars, see
+README "Local mode".
 
 Needs `lambda_src` on the path (`PYTHONPATH=lambda_src:.`, as the Makefile sets it).
 """
@@ -12,23 +13,25 @@ Needs `lambda_src` on the path (`PYTHONPATH=lambda_src:.`, as the Makefile sets 
 from __future__ import annotations
 
 import argparse
-import base64
+import contextlib
 import hmac
 import json
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+
+import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from rag.pipeline import Deps
@@ -42,12 +45,12 @@ DEFAULT_QDRANT_PATH = REPO / ".local" / "qdrant"
 DEFAULT_TRACE_FILE = REPO / ".local" / "traces.jsonl"
 DEFAULT_CORPUS = REPO / "sample_data" / "corpus.jsonl"
 DEFAULT_MODELS_DIR = REPO / "build" / "models"
-STAGE = "local"
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 """API Gateway's payload limit (10 MB); the handler applies its own, much smaller, limit after."""
 SHUTDOWN_DRAIN_S = 30.0
-"""How long a stop waits for requests in flight: longer than the Lambda's 28 s timeout."""
+"""How long a stop waits for requests in flight (a stream still running then is cut)."""
+LISTEN_BACKLOG = 128
 OPIK_QUEUE_MAX = 1000
 OPIK_DRAIN_S = 10.0
 IDLE_CONNECTION_TIMEOUT_S = 30.0
@@ -334,291 +337,167 @@ def with_opik(deps: Deps, opik: TraceSink) -> Deps:
     return replace(deps, sink=policy)
 
 
-# --------------------------------------------------------------------------- HTTP <-> event
+# --------------------------------------------------------------------------- API Gateway's part
 
 
-@dataclass(frozen=True)
-class LocalContext:
-    """The part of Lambda's context object that handlers and Powertools read."""
-
-    aws_request_id: str
-    function_name: str = "llm-twin-rag-local"
-    function_version: str = "$LATEST"
-    invoked_function_arn: str = "arn:aws:lambda:local:000000000000:function:llm-twin-rag-local"
-    memory_limit_in_mb: int = 2048
-    log_group_name: str = "local"
-    log_stream_name: str = "local"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 28_000
-
-
-def to_event(
-    *,
-    method: str,
-    target: str,
-    headers: Sequence[tuple[str, str]],
-    body: bytes,
-    source_ip: str,
-    request_id: str,
-    known_paths: Sequence[str],
-) -> dict[str, Any]:
-    """An API Gateway REST proxy event, as the deployed API (explicit resources plus a
-    `{proxy+}` catch-all) would send it to the Lambda."""
-    split = urlsplit(target)
-    path = split.path or "/"
-    single: dict[str, str] = {}
-    multi: dict[str, list[str]] = {}
-    for name, value in headers:
-        single[name] = value
-        multi.setdefault(name, []).append(value)
-    query = parse_qsl(split.query, keep_blank_values=True)
-    multi_query: dict[str, list[str]] = {}
-    for name, value in query:
-        multi_query.setdefault(name, []).append(value)
-    resource = path if path in known_paths else "/{proxy+}"
-    try:
-        text: str | None = body.decode("utf-8") if body else None
-        is_base64 = False
-    except UnicodeDecodeError:
-        text, is_base64 = base64.b64encode(body).decode("ascii"), True
-    lower = {k.lower(): v for k, v in single.items()}
-    now = time.time()
-    return {
-        "resource": resource,
-        "path": path,
-        "httpMethod": method,
-        "headers": single or None,
-        "multiValueHeaders": multi or None,
-        "queryStringParameters": dict(query) or None,
-        "multiValueQueryStringParameters": multi_query or None,
-        "pathParameters": {"proxy": path.lstrip("/")} if resource == "/{proxy+}" else None,
-        "stageVariables": None,
-        "requestContext": {
-            "accountId": "000000000000",
-            "apiId": "local",
-            "domainName": lower.get("host", "localhost"),
-            "httpMethod": method,
-            "identity": {"sourceIp": source_ip, "userAgent": lower.get("user-agent")},
-            "path": f"/{STAGE}{path}",
-            "protocol": "HTTP/1.1",
-            "requestId": request_id,
-            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-            "requestTimeEpoch": int(now * 1000),
-            "resourceId": "local",
-            "resourcePath": resource,
-            "stage": STAGE,
-        },
-        "body": text,
-        "isBase64Encoded": is_base64,
-    }
-
-
-@dataclass(frozen=True)
-class HttpReply:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-
-def from_result(result: Mapping[str, Any]) -> HttpReply:
-    """The HTTP response API Gateway makes of a Lambda proxy result."""
-    headers: list[tuple[str, str]] = []
-    for name, values in (result.get("multiValueHeaders") or {}).items():
-        headers.extend((name, str(v)) for v in values)
-    seen = {name.lower() for name, _ in headers}
-    for name, value in (result.get("headers") or {}).items():
-        if name.lower() not in seen:
-            headers.append((name, str(value)))
-    raw = result.get("body") or ""
-    body = base64.b64decode(raw) if result.get("isBase64Encoded") else str(raw).encode("utf-8")
-    return HttpReply(int(result["statusCode"]), headers, body)
-
-
-def gateway_error(status: int) -> HttpReply:
+def gateway_error(status: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     code, message = GATEWAY_ERRORS[status]
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    return HttpReply(status, [("Content-Type", "application/json")], body)
+    return status, [(b"content-type", b"application/json")], body
 
 
-# --------------------------------------------------------------------------- the server
+class LocalGateway:
+    """ASGI middleware doing, in local mode only, what API Gateway does in front of the Lambda:
+    the API key (403), the 10 MB body limit (413, refused unread when announced), a request id
+    header; plus one log line per request. The app behind it is the Lambda's, unchanged."""
 
-
-Handler = Callable[[dict[str, Any], LocalContext], dict[str, Any]]
-
-
-class LocalServer(ThreadingHTTPServer):
-    daemon_threads = True  # idle keep-alive connections must not hold up a stop
-    allow_reuse_address = True
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: Handler,
-        *,
-        api_key: str | None,
-        known_paths: Sequence[str],
-    ) -> None:
-        super().__init__(address, _RequestHandler)
-        self.handler = handler
+    def __init__(self, app: ASGIApp, *, api_key: str | None) -> None:
+        self.app = app
         self.api_key = api_key
-        self.known_paths = tuple(known_paths)
-        self._in_flight = 0
-        self._idle = threading.Condition()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = str(uuid.uuid4())
+        status = 0  # stays 0 when the client went away before an answer was written
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", []), (b"x-amzn-requestid", request_id.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            refused, body = await self._refusal(scope, receive)
+            if refused is not None:
+                await _send_whole(send_with_id, *refused)
+                return
+            await self.app(scope, _replay(body, receive), send_with_id)
+        except Exception:  # API Gateway answers a crashed integration with 502
+            log(traceback.format_exc().rstrip())
+            if status == 0:
+                await _send_whole(send_with_id, *gateway_error(502))
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            log(f"{scope['method']} {scope['path']} {status} {elapsed_ms:.0f}ms")
+
+    async def _refusal(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[tuple[int, list[tuple[bytes, bytes]], bytes] | None, bytes]:
+        """(a gateway error, or None and the whole body)."""
+        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+        if self.api_key is not None:
+            given = headers.get("x-api-key", b"")
+            if not hmac.compare_digest(given, self.api_key.encode()):
+                return gateway_error(403), b""
+        try:
+            announced = int(headers.get("content-length", b"0") or 0)
+        except ValueError:
+            announced = MAX_BODY_BYTES + 1
+        if announced > MAX_BODY_BYTES:
+            return gateway_error(413), b""
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return gateway_error(413), b""  # nobody is left to read it anyway
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_BODY_BYTES:  # chunked bodies announce no length
+                return gateway_error(413), b""
+        return None, bytes(body)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body read by the gateway, then what the client does next (e.g. disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+async def _send_whole(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def local_app(deps: Deps, *, api_key: str | None = None) -> ASGIApp:
+    """The Lambda's app over `deps`, behind the local-only gateway middleware."""
+    from web.app import create_app
+
+    return LocalGateway(create_app(lambda: deps), api_key=api_key)
+
+
+class LocalServer:
+    """uvicorn serving `app` on a socket bound (and listening) before it starts, so `url` is known
+    at once and early connections wait in the backlog. `run()` blocks; `start()` runs it on a
+    thread (tests, benchmarks); `stop()` finishes requests in flight, as a signal does."""
+
+    def __init__(self, app: ASGIApp, host: str = DEFAULT_HOST, port: int = 0) -> None:
+        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self._socket.listen(LISTEN_BACKLOG)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            server_header=False,
+            timeout_keep_alive=int(IDLE_CONNECTION_TIMEOUT_S),
+            timeout_graceful_shutdown=int(SHUTDOWN_DRAIN_S),
+        )
+        self._server = _QuietServer(config)
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host}:{port}"
 
-    def begin(self) -> None:
-        with self._idle:
-            self._in_flight += 1
+    def run(self) -> None:
+        self._server.run(sockets=[self._socket])
 
-    def end(self) -> None:
-        with self._idle:
-            self._in_flight -= 1
-            self._idle.notify_all()
+    def start(self) -> LocalServer:
+        self._thread = threading.Thread(target=self.run, name="uvicorn", daemon=True)
+        self._thread.start()
+        while not self._server.started and self._thread.is_alive():
+            time.sleep(0.01)
+        return self
 
-    def drain(self, timeout_s: float) -> bool:
-        """Wait for requests in flight; True when none is left."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout_s)
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join()
+        self._socket.close()
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
-class _RequestHandler(BaseHTTPRequestHandler):
-    server: LocalServer
-    protocol_version = "HTTP/1.1"
-    timeout = IDLE_CONNECTION_TIMEOUT_S
+class _QuietServer(uvicorn.Server):
+    """Signals are main()'s: uvicorn would re-raise SIGTERM after its shutdown (exit code -15
+    instead of 0), and it cannot install handlers outside the main thread anyway."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per request is written by _serve
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
-
-    def __getattr__(self, name: str) -> Any:
-        # Any other method (TRACE, QUERY, ...) goes to the handler too, which answers 405 in the
-        # API's JSON error shape; http.server would send its own HTML 501 page.
-        if name.startswith("do_"):
-            return self._serve
-        raise AttributeError(name)
-
-    def _serve(self) -> None:
-        started = time.perf_counter()
-        status = 0  # stays 0 when the client went away before an answer was written
-        self.server.begin()
-        try:
-            reply = self._reply()
-            self._write(reply)
-            status = reply.status
-        finally:
-            self.server.end()
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            log(f"{self.command} {urlsplit(self.path).path} {status} {elapsed_ms:.0f}ms")
-
-    def _reply(self) -> HttpReply:
-        # Read (within the limit) before answering: closing on an unread body resets the
-        # connection, and the client may lose the answer.
-        body = self._read_body()
-        if body is None:
-            self.close_connection = True
-        expected = self.server.api_key
-        if expected is not None:
-            given = self.headers.get("x-api-key", "")
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return gateway_error(403)
-        if body is None:
-            return gateway_error(413)
-        request_id = str(uuid.uuid4())
-        event = to_event(
-            method=self.command,
-            target=self.path,
-            headers=list(self.headers.items()),
-            body=body,
-            source_ip=self.client_address[0],
-            request_id=request_id,
-            known_paths=self.server.known_paths,
-        )
-        try:
-            reply = from_result(self.server.handler(event, LocalContext(request_id)))
-        except Exception:  # API Gateway answers a crashed Lambda with 502
-            log(traceback.format_exc().rstrip())
-            reply = gateway_error(502)
-        reply.headers.append(("x-amzn-RequestId", request_id))
-        return reply
-
-    def _read_body(self) -> bytes | None:
-        """The body, or None when it is over MAX_BODY_BYTES (checked before reading it)."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = MAX_BODY_BYTES + 1
-        if length > MAX_BODY_BYTES:
-            return None
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _read_chunked(self) -> bytes | None:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            size_line = self.rfile.readline(1024)
-            try:
-                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-            except ValueError:
-                return None
-            if size == 0:
-                while self.rfile.readline(1024).strip():  # trailers
-                    pass
-                return b"".join(parts)
-            total += size
-            if total > MAX_BODY_BYTES:
-                return None
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(8)  # the CRLF after each chunk
-
-    def _write(self, reply: HttpReply) -> None:
-        self.send_response(reply.status)
-        for name, value in reply.headers:
-            if name.lower() not in ("content-length", "connection"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(reply.body)
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 # --------------------------------------------------------------------------- main
-
-
-def build_handler(deps: Deps) -> Handler:
-    """The Lambda's resolver over `deps`, one event at a time, as in one Lambda container.
-
-    The lock is not optional: Powertools keeps the event being resolved on the router class
-    (`BaseRouter.current_event`), shared by every resolver instance, so two threads resolving
-    at once read each other's bodies. Lambda never does that; concurrent local requests queue.
-    """
-    from rag.api import build_app
-    from rag.observability import metrics
-
-    app = build_app(lambda: deps)
-    lock = threading.Lock()
-
-    def handle(event: dict[str, Any], context: LocalContext) -> dict[str, Any]:
-        with lock:
-            try:
-                return app.resolve(event, context)  # type: ignore[arg-type]
-            finally:
-                # Nothing flushes metrics here; Powertools would print them every 100 values.
-                metrics.clear_metrics()
-
-    return handle
 
 
 def llm_description(settings: Settings) -> str:
@@ -704,33 +583,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opik is not None:
         deps = with_opik(deps, opik[0])
 
-    from rag.api import ROUTE_METHODS
-
     api_key = _set(os.environ, "LOCAL_API_KEY")
     try:
-        server = LocalServer(
-            (args.host, args.port),
-            build_handler(deps),
-            api_key=api_key,
-            known_paths=tuple(ROUTE_METHODS),
-        )
+        server = LocalServer(local_app(deps, api_key=api_key), args.host, args.port)
     except OSError as exc:
         log(f"cannot listen on {args.host}:{args.port}: {exc} (try --port or LOCAL_PORT)")
         return EXIT_CONFIG
 
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    serving = threading.Thread(target=server.serve_forever, name="http", daemon=True)
-    serving.start()
-    log(banner(server.url, settings, store, setup, opik[1] if opik else None, bool(api_key)))
-    stop.wait()
+    def stop(*_: object) -> None:
+        log("stopping: no new connections, finishing requests in flight")
+        server._server.should_exit = True
 
-    log("stopping: no new connections, finishing requests in flight")
-    server.shutdown()
-    if not server.drain(SHUTDOWN_DRAIN_S):
-        log(f"stopped with requests still running after {SHUTDOWN_DRAIN_S:.0f} s")
-    server.server_close()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    log(banner(server.url, settings, store, setup, opik[1] if opik else None, bool(api_key)))
+    server.run()
     if opik is not None:
         opik[0].close()
     for resource in (deps.store, deps.llm):

@@ -19,7 +19,6 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from rag.api import MAX_BODY_BYTES, ROUTE_METHODS
 from rag.models import (
     MAX_AUTHOR_CHARS,
     MAX_QUERY_CHARS,
@@ -30,6 +29,7 @@ from rag.models import (
     RetrieveResponse,
 )
 from rag.settings import DEFAULT_PROFILE
+from web.app import MAX_BODY_BYTES, ROUTE_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "docs" / "openapi.json"
@@ -109,6 +109,43 @@ def _tighten(schemas: dict[str, Any]) -> None:
     tokens["description"] = f"At most the model's max_new_tokens_limit ({limit} by default)."
 
 
+SSE = "text/event-stream"
+SSE_EVENTS: dict[str, dict[str, Any]] = {
+    "retrieval": {
+        "type": "object",
+        "required": ["sources", "filters", "expanded_queries", "trace_id"],
+        "properties": {
+            "sources": {"type": "array", "items": {"$ref": REF.format(model="Source")}},
+            "filters": {"$ref": REF.format(model="Filters")},
+            "expanded_queries": {"type": "array", "items": {"type": "string"}},
+            "trace_id": {"type": "string"},
+        },
+    },
+    "token": {
+        "type": "object",
+        "required": ["text"],
+        "properties": {"text": {"type": "string"}},
+    },
+    "done": {"$ref": REF.format(model="RagResponse")},
+    "error": {"$ref": REF.format(model="Error")},
+}
+
+
+def _sse_event(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data,
+            },
+        },
+    }
+
+
 def _responses(ok_schema: str, errors: tuple[str, ...]) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {
@@ -155,8 +192,16 @@ def build() -> dict[str, Any]:
     _tighten(schemas)
     schemas["Error"] = ERROR_SCHEMA
     schemas["Health"] = HEALTH_SCHEMA
+    rag = _post("Answer a query from the twin's content", "RagRequest", "RagResponse")
+    rag["post"]["responses"]["200"]["content"][SSE] = {
+        # OpenAPI 3.2's way to describe a stream: the schema of one event, `data` as JSON text.
+        "schema": {"oneOf": [_sse_event(name, data) for name, data in SSE_EVENTS.items()]},
+        "description": "With `stream: true` or `Accept: text/event-stream`: server-sent events "
+        "`retrieval`, `token` (one per piece of text), then `done` (the RagResponse, with "
+        "`timings_ms.time_to_first_token`) or `error` (an Error); `: keep-alive` comments.",
+    }
     paths = {
-        "/rag": _post("Answer a query from the twin's content", "RagRequest", "RagResponse"),
+        "/rag": rag,
         "/retrieve": _post(
             "Retrieve the chunks a query would use, without generation",
             "RetrieveRequest",

@@ -45,6 +45,13 @@ class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 
 
+class ClientClosed(ApiError):
+    """Not an answer (nobody is left to read one): what the trace of an abandoned stream says.
+    499 is the de-facto status for it (nginx's "client closed request")."""
+
+    status, code = 499, "client_disconnected"
+
+
 class Throttled(ApiError):
     status, code = 429, "throttled"
 

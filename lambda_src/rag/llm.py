@@ -20,7 +20,8 @@ import json
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
@@ -50,6 +51,7 @@ from rag.errors import (
     Throttled,
     UpstreamTimeout,
 )
+from rag.llm_stream import StreamKind, TextStream
 from rag.ports import LLM, Generation, GenerationParams
 
 Api = Literal["tgi", "openai"]
@@ -65,6 +67,8 @@ RETRY_AFTER_UNREACHABLE_S = 10
 
 TGI_CHAT_MODEL = "tgi"
 """TGI ignores `model` in chat requests; its docs use "tgi"."""
+STREAM_READ_BYTES = 64 * 1024
+"""Most bytes taken from the socket at once; a read returns as soon as any bytes arrived."""
 MAX_REASON_CHARS = 300
 """Upstream reasons are quoted to the client, cut to this length."""
 JSON_SCHEMA_NAME = "output"
@@ -326,18 +330,21 @@ class _RetryGuard:
 
     _STARTED = "rag_attempt_started_s"
 
+    OPERATIONS = ("InvokeEndpoint", "InvokeEndpointWithResponseStream")
+
     def install(self, client: Any) -> None:
         events = client.meta.events
-        events.register_first(
-            "request-created.sagemaker-runtime.InvokeEndpoint",
-            self._on_request_created,
-            unique_id="rag-llm-attempt-clock",
-        )
-        events.register_first(
-            "needs-retry.sagemaker-runtime.InvokeEndpoint",
-            self._on_needs_retry,
-            unique_id="rag-llm-retry-guard",
-        )
+        for operation in self.OPERATIONS:
+            events.register_first(
+                f"request-created.sagemaker-runtime.{operation}",
+                self._on_request_created,
+                unique_id=f"rag-llm-attempt-clock-{operation}",
+            )
+            events.register_first(
+                f"needs-retry.sagemaker-runtime.{operation}",
+                self._on_needs_retry,
+                unique_id=f"rag-llm-retry-guard-{operation}",
+            )
 
     def _on_request_created(self, request: Any, **_: Any) -> None:
         request.context[self._STARTED] = time.monotonic()
@@ -457,25 +464,76 @@ class SageMakerLLM:
         _RetryGuard().install(client)
         return client
 
-    def _invoke(self, body: Mapping[str, Any], timeout_s: float | None) -> Any:
+    def stream_complete(
+        self, prompt: str, params: GenerationParams, *, stall_timeout_s: float
+    ) -> TextStream:
+        """TGI's streamed /invocations (`stream: true`) through InvokeEndpointWithResponseStream."""
+        body = {**tgi_generate_body(prompt, params, None), "stream": True}
+        return self._stream(body, "tgi", stall_timeout_s)
+
+    def stream_chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        params: GenerationParams,
+        *,
+        stall_timeout_s: float,
+    ) -> TextStream:
+        body = {**tgi_chat_body(messages, params, None), "stream": True}
+        return self._stream(body, "chat", stall_timeout_s)
+
+    def _invoke_kwargs(self, body: Mapping[str, Any]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "EndpointName": self.endpoint_name,
             "Body": json.dumps(body).encode(),
             "ContentType": "application/json",
-            "Accept": "application/json",
         }
         if self.inference_component:
             kwargs["InferenceComponentName"] = self.inference_component
+        return kwargs
+
+    def _invoke(self, body: Mapping[str, Any], timeout_s: float | None) -> Any:
         client = self.client_for(timeout_s)
-        try:
-            response = client.invoke_endpoint(**kwargs)
+        with self._mapped_errors(client, streaming=False):
+            response = client.invoke_endpoint(
+                **self._invoke_kwargs(body), Accept="application/json"
+            )
             raw = response["Body"].read()
-        except ClientError as exc:
+        return _decode_json(raw)
+
+    def _stream(
+        self, body: Mapping[str, Any], kind: StreamKind, stall_timeout_s: float
+    ) -> TextStream:
+        """Opens the stream now (so an endpoint at zero copies is a plain 503 before any byte is
+        sent to the client); the payload parts are read as they arrive. A part may end anywhere,
+        even inside a UTF-8 character: `TextStream`'s SSE decoder reassembles them."""
+        client = self.client_for(stall_timeout_s)
+        with self._mapped_errors(client, streaming=True):
+            response = client.invoke_endpoint_with_response_stream(**self._invoke_kwargs(body))
+        events = response["Body"]
+
+        def chunks() -> Iterator[bytes]:
+            with self._mapped_errors(client, streaming=True):
+                for event in events:
+                    part = event.get("PayloadPart")
+                    if part:
+                        yield part.get("Bytes", b"")
+
+        return TextStream(kind, chunks(), events.close)
+
+    @contextmanager
+    def _mapped_errors(self, client: Any, *, streaming: bool) -> Iterator[None]:
+        """Every botocore / transport failure of a call as the contract's ApiError. While a
+        response stream is read, botocore hands urllib3's own exceptions through unwrapped."""
+        read_s = client.meta.config.read_timeout
+        try:
+            yield
+        except ClientError as exc:  # EventStreamError (ModelStreamError...) is a ClientError
             raise self._map_client_error(exc.response) from None
         except _SlowFailure as exc:
             raise self._map_client_error(_error_dict(exc.response)) from None
-        except ReadTimeoutError:
-            read_s = client.meta.config.read_timeout
+        except (ReadTimeoutError, Urllib3ReadTimeoutError):
+            if streaming:
+                raise stalled(read_s) from None
             raise UpstreamTimeout(
                 f"The model did not answer within {read_s:g} s.", code="model_timeout"
             ) from None
@@ -485,7 +543,7 @@ class SageMakerLLM:
                 code="model_unreachable",
                 retry_after_s=RETRY_AFTER_UNREACHABLE_S,
             ) from None
-        except ConnectionClosedError:
+        except (ConnectionClosedError, ProtocolError):
             raise ModelError(
                 "The connection to SageMaker closed before an answer.",
                 code="model_connection_lost",
@@ -494,7 +552,6 @@ class SageMakerLLM:
             raise ModelError(
                 f"The SageMaker call failed ({type(exc).__name__}).", code="model_error"
             ) from None
-        return _decode_json(raw)
 
     def _map_client_error(self, response: Mapping[str, Any]) -> ApiError:
         """SageMaker runtime errors: botocore's sagemaker-runtime 2017-05-13 model, plus the
@@ -541,8 +598,10 @@ class SageMakerLLM:
                 code="sagemaker_throttled",
                 retry_after_s=RETRY_AFTER_OVERLOADED_S,
             )
-        if code == "InternalFailure":
-            return ModelError("SageMaker failed internally (InternalFailure).")
+        if code == "ModelStreamError":  # the container's error event inside a response stream
+            return ModelError(f"The model failed while streaming: {_reason(message)}")
+        if code in ("InternalFailure", "InternalStreamFailure"):
+            return ModelError(f"SageMaker failed internally ({code}).")
         if code == "ValidationError":
             return ModelError(
                 f"SageMaker rejected the call: {_reason(message)}", code="sagemaker_validation"
@@ -635,8 +694,74 @@ class HttpLLM:
         body = build(messages, params, json_schema, model=self.model)
         return parse_chat_response(self._post("/v1/chat/completions", body, timeout_s), params.stop)
 
+    def stream_complete(
+        self, prompt: str, params: GenerationParams, *, stall_timeout_s: float
+    ) -> TextStream:
+        """TGI /generate_stream, or `stream: true` on /v1/completions."""
+        if self.api == "tgi":
+            body = tgi_generate_body(prompt, params, None)
+            return self._stream("/generate_stream", body, "tgi", stall_timeout_s)
+        body = {**openai_completion_body(prompt, params, None, model=self.model), "stream": True}
+        return self._stream("/v1/completions", body, "completion", stall_timeout_s)
+
+    def stream_chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        params: GenerationParams,
+        *,
+        stall_timeout_s: float,
+    ) -> TextStream:
+        build = tgi_chat_body if self.api == "tgi" else openai_chat_body
+        body = {**build(messages, params, None, model=self.model), "stream": True}
+        return self._stream("/v1/chat/completions", body, "chat", stall_timeout_s)
+
     def close(self) -> None:
         self._pool.clear()
+
+    def _stream(
+        self, path: str, body: Mapping[str, Any], kind: StreamKind, stall_timeout_s: float
+    ) -> TextStream:
+        """Sends the request and checks the status now; the events are read as they arrive,
+        each socket read bounded by `stall_timeout_s` (no byte for that long: a stalled model)."""
+        timeout = urllib3.Timeout(connect=self.connect_timeout_s, read=stall_timeout_s)
+        try:
+            response = self._pool.request(
+                "POST",
+                self.base_url + path,
+                body=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+                timeout=timeout,
+                preload_content=False,
+            )
+        except MaxRetryError as exc:
+            raise self._map_transport_error(exc.reason, stall_timeout_s) from None
+        except Urllib3HTTPError as exc:
+            raise self._map_transport_error(exc, stall_timeout_s) from None
+        if response.status >= 400:
+            data = response.read()
+            response.release_conn()
+            raise error_for_status(
+                response.status,
+                data,
+                retry_after=response.headers.get("Retry-After"),
+                where=self.description,
+            )
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                while data := response.read1(STREAM_READ_BYTES):
+                    yield data
+            except Urllib3ReadTimeoutError:
+                raise stalled(stall_timeout_s) from None
+            except Urllib3HTTPError as exc:
+                raise self._map_transport_error(exc, stall_timeout_s) from None
+
+        def close() -> None:
+            # Closing the socket is what tells the model server to stop generating.
+            response.close()
+            response.release_conn()
+
+        return TextStream(kind, chunks(), close)
 
     def _post(self, path: str, body: Mapping[str, Any], timeout_s: float | None) -> Any:
         read_s = timeout_s if timeout_s is not None else self.read_timeout_s
@@ -682,6 +807,13 @@ class HttpLLM:
         return ModelError(
             f"The call to the model server failed ({type(exc).__name__}).", code="model_error"
         )
+
+
+def stalled(stall_timeout_s: float) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        f"The model sent nothing for {stall_timeout_s:g} s; the stream was stopped.",
+        code="model_stalled",
+    )
 
 
 # --------------------------------------------------------------------------- factory

@@ -83,6 +83,8 @@ class RetrieveRequest(BaseModel):
 class RagRequest(RetrieveRequest):
     generation: GenerationRequest | None = None
     include_context: bool = False
+    stream: bool = False
+    """Answer as server-sent events (DESIGN 3.1); `Accept: text/event-stream` does the same."""
 
 
 class Source(BaseModel):

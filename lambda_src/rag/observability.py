@@ -29,3 +29,9 @@ def record_tokens(prompt_tokens: int | None, completion_tokens: int | None) -> N
         metrics.add_metric(name="prompt_tokens", unit=MetricUnit.Count, value=prompt_tokens)
     if completion_tokens is not None:
         metrics.add_metric(name="completion_tokens", unit=MetricUnit.Count, value=completion_tokens)
+
+
+def flush_metrics() -> None:
+    """Publish what was recorded (EMF on stdout, read by CloudWatch); nothing when nothing was."""
+    if metrics.metric_set:
+        metrics.flush_metrics()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -24,7 +24,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from rag import observability as obs
 from rag.budget import generation_timeout_s, max_new_tokens_within
-from rag.errors import ApiError, ModelError, ModelUnavailable, UpstreamTimeout
+from rag.errors import ApiError, ClientClosed, ModelError, ModelUnavailable, UpstreamTimeout
+from rag.llm_stream import StopFilter, TextStream
 from rag.models import MAX_AUTHOR_CHARS, MAX_QUERY_CHARS, RagRequest, RetrieveRequest
 from rag.ports import (
     COLLECTIONS,
@@ -164,6 +165,28 @@ class AnswerOutcome:
     truncation: Truncation | None
 
 
+@dataclass(frozen=True)
+class RetrievalEvent:
+    """Streamed first: what the answer will be based on."""
+
+    retrieval: RetrievalOutcome
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """Streamed last: the same outcome `answer` returns, with `time_to_first_token`."""
+
+    outcome: AnswerOutcome
+
+
+StreamEvent = RetrievalEvent | TokenEvent | DoneEvent
+
+
 # --- entry points -----------------------------------------------------------------------------
 
 
@@ -203,6 +226,59 @@ def answer(req: RagRequest, deps: Deps, *, time_left_s: float | None = None) -> 
         usage=usage,
     )
     return outcome
+
+
+def answer_stream(
+    req: RagRequest, deps: Deps, *, time_left_s: float | None = None
+) -> Iterator[StreamEvent]:
+    """`answer`, streamed: a RetrievalEvent once retrieval is done and the model's stream is
+    open, a TokenEvent per piece of text (stop sequences held back until they can be ruled
+    out), then a DoneEvent. Failures raise ApiErrors from the generator. Closing the generator
+    early (the client went away) closes the model's stream; the trace records it. The trace is
+    sent after the last event, so it never delays a token."""
+    trace = TraceRecorder("rag", deps.clock, {**_trace_input(req), "stream": True})
+    outcome: AnswerOutcome | None = None
+    try:
+        llm, retrieval, built, params = _prepare_answer(req, deps, trace)
+        settings = deps.settings
+        budget_s = effective_budget_s(settings.stream_budget_s, time_left_s)
+        with trace.span("generate", type="llm", input=_prompt_input(built)) as span:
+            stream = _open_stream(llm, built, params, settings.llm_stream_stall_s)
+            try:
+                yield RetrievalEvent(retrieval)
+                pieces = yield from _stream_text(stream, params, deps, trace, budget_s)
+            finally:
+                stream.close()
+            generation = replace(stream.result(), text="".join(pieces))
+            text = generation.text.strip()
+            span.output = {"answer": text}
+            span.metadata = {
+                "finish_reason": generation.finish_reason,
+                "params": _params_dict(params),
+                "stall_timeout_s": settings.llm_stream_stall_s,
+                "stream": True,
+            }
+            span.usage = _usage(generation.prompt_tokens, generation.completion_tokens)
+        outcome = _answer_outcome(trace, deps, retrieval, built, generation, text)
+        ttft_ms = trace.metadata.get("time_to_first_token_ms")
+        if ttft_ms is not None:
+            outcome.timings_ms["time_to_first_token"] = ttft_ms
+        _record_rate(trace, span.duration_ms, generation.completion_tokens)
+        yield DoneEvent(outcome)
+    except GeneratorExit:
+        if outcome is None:  # closed before the end: the client went away
+            _finish(deps, trace, error=ClientClosed("the client closed the stream"))
+            return
+        raise
+    except BaseException as exc:
+        _finish(deps, trace, error=exc)
+        raise
+    _finish(
+        deps,
+        trace,
+        output={"answer": outcome.answer, "sources": [_source_summary(c) for c in outcome.sources]},
+        usage=_usage(outcome.prompt_tokens, outcome.completion_tokens),
+    )
 
 
 def emit_rejected(name: Literal["rag", "retrieve"], error: ApiError, deps: Deps) -> None:
@@ -456,6 +532,45 @@ def _answer(
     req: RagRequest, deps: Deps, trace: TraceRecorder, time_left_s: float | None
 ) -> AnswerOutcome:
     started_s = deps.clock.perf_s()
+    llm, retrieval, built, params = _prepare_answer(req, deps, trace)
+    settings = deps.settings
+    timeout_s = generation_timeout_s(
+        read_timeout_s=settings.llm_read_timeout_s,
+        connect_timeout_s=settings.llm_connect_timeout_s,
+        request_budget_s=effective_budget_s(settings.request_budget_s, time_left_s),
+        elapsed_s=deps.clock.perf_s() - started_s,
+    )
+    if timeout_s is None:
+        raise UpstreamTimeout(
+            f"no time left to generate within the {settings.request_budget_s:g} s request budget",
+            code="request_budget_exhausted",
+        )
+    # A buffered answer must finish inside the timeout: ask the model for no more tokens than
+    # it can produce in that time at the configured speed (the streamed route is not clamped).
+    affordable = max_new_tokens_within(timeout_s, settings.generation_tokens_per_s)
+    if params.max_new_tokens > affordable:
+        trace.metadata["max_new_tokens_clamped"] = {
+            "asked": params.max_new_tokens,
+            "allowed": affordable,
+        }
+        params = replace(params, max_new_tokens=affordable)
+    with trace.span("generate", type="llm", input=_prompt_input(built)) as span:
+        generation = _generate(llm, built, params, timeout_s)
+        text = _cut_at_stop(generation.text, params.stop).strip()
+        span.output = {"answer": text}
+        span.metadata = {
+            "finish_reason": generation.finish_reason,
+            "params": _params_dict(params),
+            "timeout_s": timeout_s,
+        }
+        span.usage = _usage(generation.prompt_tokens, generation.completion_tokens)
+    return _answer_outcome(trace, deps, retrieval, built, generation, text)
+
+
+def _prepare_answer(
+    req: RagRequest, deps: Deps, trace: TraceRecorder
+) -> tuple[LLM, RetrievalOutcome, BuiltPrompt, GenerationParams]:
+    """Everything before the generation call, shared by the buffered and the streamed answer."""
     llm = deps.llm
     if llm is None:
         raise ModelUnavailable(
@@ -485,39 +600,17 @@ def _answer(
     if built.truncation is not None:
         trace.metadata["truncation"] = built.truncation.as_dict()
         trace.warnings.append(_truncation_note(built.truncation))
+    return llm, retrieval, built, params
 
-    settings = deps.settings
-    timeout_s = generation_timeout_s(
-        read_timeout_s=settings.llm_read_timeout_s,
-        connect_timeout_s=settings.llm_connect_timeout_s,
-        request_budget_s=effective_budget_s(settings.request_budget_s, time_left_s),
-        elapsed_s=deps.clock.perf_s() - started_s,
-    )
-    if timeout_s is None:
-        raise UpstreamTimeout(
-            f"no time left to generate within the {settings.request_budget_s:g} s request budget",
-            code="request_budget_exhausted",
-        )
-    # A buffered answer must finish inside the timeout: ask the model for no more tokens than
-    # it can produce in that time at the configured speed.
-    affordable = max_new_tokens_within(timeout_s, settings.generation_tokens_per_s)
-    if params.max_new_tokens > affordable:
-        trace.metadata["max_new_tokens_clamped"] = {
-            "asked": params.max_new_tokens,
-            "allowed": affordable,
-        }
-        params = replace(params, max_new_tokens=affordable)
-    with trace.span("generate", type="llm", input=_prompt_input(built)) as span:
-        generation = _generate(llm, built, params, timeout_s)
-        text = _cut_at_stop(generation.text, params.stop).strip()
-        span.output = {"answer": text}
-        span.metadata = {
-            "finish_reason": generation.finish_reason,
-            "params": _params_dict(params),
-            "timeout_s": timeout_s,
-        }
-        span.usage = _usage(generation.prompt_tokens, generation.completion_tokens)
 
+def _answer_outcome(
+    trace: TraceRecorder,
+    deps: Deps,
+    retrieval: RetrievalOutcome,
+    built: BuiltPrompt,
+    generation: Generation,
+    text: str,
+) -> AnswerOutcome:
     prompt_tokens = generation.prompt_tokens
     if prompt_tokens is None:  # TGI /generate does not report it: use our (over-)estimate
         prompt_tokens = built.estimated_tokens
@@ -525,7 +618,7 @@ def _answer(
     return AnswerOutcome(
         answer=text,
         sources=list(built.chunks),
-        model=profile.model_id,
+        model=deps.profile.model_id,
         prompt_tokens=prompt_tokens,
         completion_tokens=generation.completion_tokens,
         trace_id=trace.trace_id,
@@ -533,6 +626,55 @@ def _answer(
         retrieval=replace(retrieval, warnings=list(trace.warnings)),
         truncation=built.truncation,
     )
+
+
+def _open_stream(
+    llm: LLM, built: BuiltPrompt, params: GenerationParams, stall_timeout_s: float
+) -> TextStream:
+    if built.prompt_format == "chat":
+        return llm.stream_chat(list(built.messages), params, stall_timeout_s=stall_timeout_s)
+    return llm.stream_complete(built.text, params, stall_timeout_s=stall_timeout_s)
+
+
+def _stream_text(
+    stream: TextStream,
+    params: GenerationParams,
+    deps: Deps,
+    trace: TraceRecorder,
+    budget_s: float | None,
+) -> Generator[TokenEvent, None, list[str]]:
+    """Yields a TokenEvent per piece of text that is certainly not part of a stop sequence;
+    returns the pieces sent. Ends the stream at a stop sequence or when the budget is spent."""
+    stop = StopFilter(params.stop)
+    sent: list[str] = []
+    deadline_s = None if budget_s is None else trace.start_perf_s + budget_s
+    for piece in stream:
+        text = stop.feed(piece)
+        if text:
+            if not sent:
+                trace.metadata["time_to_first_token_ms"] = round(trace.elapsed_ms(), 3)
+            sent.append(text)
+            yield TokenEvent(text)
+        if stop.stopped:
+            return sent
+        if deadline_s is not None and deps.clock.perf_s() > deadline_s:
+            raise UpstreamTimeout(
+                f"the answer did not finish within the {budget_s:g} s streaming budget",
+                code="stream_budget_exhausted",
+            )
+    tail = stop.flush()
+    if tail:
+        if not sent:
+            trace.metadata["time_to_first_token_ms"] = round(trace.elapsed_ms(), 3)
+        sent.append(tail)
+        yield TokenEvent(tail)
+    return sent
+
+
+def _record_rate(trace: TraceRecorder, generate_ms: float, completion_tokens: int | None) -> None:
+    """Tokens per second over the generate span (the model's rate as the client saw it)."""
+    if completion_tokens and generate_ms > 0:
+        trace.metadata["tokens_per_second"] = round(completion_tokens / (generate_ms / 1000), 2)
 
 
 def effective_budget_s(configured_s: float | None, time_left_s: float | None) -> float | None:

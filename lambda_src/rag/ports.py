@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from rag.llm_stream import TextStream
 
 COLLECTIONS: tuple[str, ...] = ("embedded_articles", "embedded_posts", "embedded_repositories")
 """Qdrant collections written by the feature pipeline (DESIGN 3.2)."""
@@ -128,4 +131,21 @@ class LLM(Protocol):
         timeout_s: float | None = None,
     ) -> Generation:
         """Messages API (chat template applied server-side); `json_schema` -> response_format."""
+        ...
+
+    def stream_complete(
+        self, prompt: str, params: GenerationParams, *, stall_timeout_s: float
+    ) -> TextStream:
+        """`complete`, streamed: the request is sent (and its status checked) before this
+        returns; iterating the stream yields the text as the model produces it."""
+        ...
+
+    def stream_chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        params: GenerationParams,
+        *,
+        stall_timeout_s: float,
+    ) -> TextStream:
+        """`chat`, streamed."""
         ...

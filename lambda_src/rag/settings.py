@@ -36,6 +36,11 @@ scoring every candidate (up to 3 queries x 3 collections x k) was 1-3 s a reques
 DEFAULT_RERANK_MAX_LENGTH = 256
 """Tokens per (query, chunk) pair: a chunk is at most 256 embedder tokens, so this cuts only the
 tail of long pairs (long queries) while halving the worst case of the model's 512."""
+DEFAULT_STREAM_BUDGET_S = 300.0
+"""Five minutes: a 2048-token answer at ~35 tokens/s (8B on one A10G) takes about one; API
+Gateway allows a stream 15 minutes (and 5 idle), the Lambda timeout is set just above this."""
+DEFAULT_STREAM_STALL_S = 30.0
+"""Covers the prefill of a full prompt before the first token; longer silence is a stall."""
 MIN_RERANK_MAX_LENGTH = 16
 MAX_RERANK_MAX_LENGTH = 512
 """ms-marco-MiniLM's position embeddings end here."""
@@ -139,6 +144,14 @@ class Settings(BaseModel):
         default=DEFAULT_GENERATION_TOKENS_PER_S, gt=0, validation_alias="GENERATION_TOKENS_PER_S"
     )
     """Decode speed (tokens/s) the buffered route sizes max_new_tokens by (rag.budget)."""
+    stream_budget_s: float | None = Field(
+        default=DEFAULT_STREAM_BUDGET_S, gt=0, validation_alias="STREAM_BUDGET_S"
+    )
+    """Time a streamed answer may take end to end (its own limit, not REQUEST_BUDGET_S)."""
+    llm_stream_stall_s: float = Field(
+        default=DEFAULT_STREAM_STALL_S, gt=0, validation_alias="LLM_STREAM_STALL_S"
+    )
+    """A streaming model that sends nothing for this long is stalled: the stream ends in error."""
     rerank_max_candidates: int = Field(
         default=DEFAULT_RERANK_MAX_CANDIDATES, ge=1, validation_alias="RERANK_MAX_CANDIDATES"
     )

@@ -87,7 +87,7 @@ class TraceRecorder:
         self.clock = clock
         self.input = dict(input)
         self.started_at = clock.now()
-        self._start_perf_s = clock.perf_s()
+        self.start_perf_s = clock.perf_s()
         self.spans: list[Span] = []
         self.fallbacks: list[str] = []
         self.warnings: list[str] = []
@@ -131,7 +131,7 @@ class TraceRecorder:
             self.warnings.append(warning)
 
     def elapsed_ms(self) -> float:
-        return (self.clock.perf_s() - self._start_perf_s) * 1000
+        return (self.clock.perf_s() - self.start_perf_s) * 1000
 
     def timings_ms(self) -> dict[str, float]:
         timings = {span.name: round(span.duration_ms, 3) for span in self.spans}

@@ -11,6 +11,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from stacks import web_adapter
 from stacks.bundling import LAMBDA_SRC, RUNTIME_PYTHON, PythonBundle
 from stacks.nag import acknowledge, rendered
 
@@ -26,7 +27,10 @@ POWERTOOLS_LOG_LEVEL = "INFO"
 
 class PythonFunction(Construct):
     """A Lambda function with its own log group (retention, deleted with the stack) and a role
-    that can write only there and send X-Ray traces; everything else is granted by the caller."""
+    that can write only there and send X-Ray traces; everything else is granted by the caller.
+
+    `web_app=True`: the function is a web app behind the Lambda Web Adapter layer (its handler
+    is the adapter's run script), streaming its responses; else `handler` is a Python handler."""
 
     def __init__(
         self,
@@ -36,7 +40,8 @@ class PythonFunction(Construct):
         function_name: str,
         description: str,
         bundle: PythonBundle,
-        handler: str,
+        handler: str | None = None,
+        web_app: bool = False,
         memory_mb: int,
         timeout: Duration,
         environment: Mapping[str, str],
@@ -45,6 +50,11 @@ class PythonFunction(Construct):
         vpc: ec2.IVpc | None = None,
     ):
         super().__init__(scope, construct_id)
+        if web_app:
+            handler = web_adapter.HANDLER
+        if handler is None:
+            raise ValueError("give either a Python handler or web_app=True")
+        adapter_env = web_adapter.environment() if web_app else {}
         self.log_group = logs.LogGroup(
             self,
             "Logs",
@@ -78,6 +88,7 @@ class PythonFunction(Construct):
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
             handler=handler,
+            layers=[web_adapter.layer(self, ARCHITECTURE)] if web_app else None,
             code=lambda_.Code.from_asset(
                 str(LAMBDA_SRC),
                 bundling=bundle.options(),
@@ -90,6 +101,7 @@ class PythonFunction(Construct):
                 "POWERTOOLS_SERVICE_NAME": service_name,
                 "POWERTOOLS_LOG_LEVEL": POWERTOOLS_LOG_LEVEL,
                 "POWERTOOLS_METRICS_NAMESPACE": "LlmTwin",
+                **adapter_env,
                 **environment,
             },
             tracing=lambda_.Tracing.ACTIVE,

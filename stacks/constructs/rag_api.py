@@ -31,9 +31,15 @@ from stacks.constructs.tgi_endpoint import TgiEndpointRef
 from stacks.nag import acknowledge
 from stacks.request_schemas import ROUTE_MODELS, gateway_schema
 
-# Timeout budget (DESIGN 5): API Gateway 29 s > Lambda > SageMaker read timeout > generation.
+# Timeout budget (DESIGN 5). The buffered /rag keeps API Gateway's classic chain in code:
+# 29 s > request budget > SageMaker read timeout > generation. A streamed answer has its own
+# budget (STREAM_BUDGET_S, passed to the app), so the Lambda and the STREAM integration are sized for it,
+# inside API Gateway's 15-minute limit for streamed responses.
 API_GATEWAY_TIMEOUT_S = 29
-LAMBDA_TIMEOUT_S = 28
+STREAM_BUDGET_S = 300  # passed as STREAM_BUDGET_S: a 2048-token answer takes ~1 min on an A10G
+LAMBDA_TIMEOUT_S = STREAM_BUDGET_S + 10  # the trace send and the adapter's own overhead
+INTEGRATION_TIMEOUT_S = LAMBDA_TIMEOUT_S + 5
+API_GATEWAY_STREAM_MAX_S = 15 * 60
 LLM_CONNECT_TIMEOUT_S = 1
 LLM_HELPER_TIMEOUT_S = 3  # self-query and expansion run concurrently, so this counts once
 LLM_READ_TIMEOUT_S = 16  # ~500 tokens at TGI's ~35 tokens/s for an 8B model on one A10G
@@ -41,9 +47,9 @@ QDRANT_TIMEOUT_S = 2
 # Decode speed the buffered /rag sizes max_new_tokens by (rag.budget.max_new_tokens_within):
 # ~480 new tokens fit the 16 s read timeout.
 GENERATION_TOKENS_PER_S = DEFAULT_GENERATION_TOKENS_PER_S
-# What the pipeline may spend end to end; the generation call gets what retrieval left of it
-# (rag.budget.generation_timeout_s). 1 s under the Lambda timeout for Lambda's own overhead.
-REQUEST_BUDGET_S = LAMBDA_TIMEOUT_S - 1
+# What a buffered answer may spend end to end; the generation call gets what retrieval left of
+# it (rag.budget.generation_timeout_s). 2 s under API Gateway's classic 29 s.
+REQUEST_BUDGET_S = API_GATEWAY_TIMEOUT_S - 2
 # 2048 MB gives Lambda ~1.2 vCPU: embedding + reranking dominate the warm overhead and scale
 # with CPU, and the two ONNX models and their arenas need ~600 MB resident.
 BUSINESS_MEMORY_MB = 2048
@@ -53,7 +59,7 @@ STAGE = "v1"
 
 BUSINESS_BUNDLE = PythonBundle(
     requirements=LAMBDA_SRC / "requirements.txt",
-    packages=("rag", "handlers"),
+    packages=("rag", "web"),
     # Pulled in by tokenizers (Hub downloads) and onnxruntime (model tooling), never imported
     # here: models load from files. 36 MB that would push the bundle past Lambda's limit.
     exclude=(
@@ -191,6 +197,7 @@ class RagApi(Construct):
             "QDRANT_TIMEOUT_S": str(QDRANT_TIMEOUT_S),
             "REQUEST_BUDGET_S": str(REQUEST_BUDGET_S),
             "GENERATION_TOKENS_PER_S": str(GENERATION_TOKENS_PER_S),
+            "STREAM_BUDGET_S": str(STREAM_BUDGET_S),
             "MODEL_ASSET_S3_URI": self.model_asset.s3_object_url,
             "TRACE_SAMPLE_RATE": str(deployment.trace_sample_rate),
             "TRACE_REDACTION": deployment.trace_redaction,
@@ -206,7 +213,7 @@ class RagApi(Construct):
             function_name=deployment.business_function_name,
             description="RAG business layer: retrieve from Qdrant, prompt, generate on SageMaker",
             bundle=BUSINESS_BUNDLE,
-            handler="handlers.business.lambda_handler",
+            web_app=True,
             memory_mb=BUSINESS_MEMORY_MB,
             timeout=Duration.seconds(LAMBDA_TIMEOUT_S),
             environment=environment,
@@ -332,9 +339,13 @@ class RagApi(Construct):
         validator = api.add_request_validator(
             "Body", validate_request_body=True, validate_request_parameters=True
         )
+        # STREAM: API Gateway calls the function with InvokeWithResponseStream (CDK switches the
+        # integration URI to .../response-streaming-invocations) and passes bytes on as the
+        # Lambda Web Adapter writes them; a buffered answer is simply one short stream.
         integration = apigw.LambdaIntegration(
             function,
-            timeout=Duration.seconds(API_GATEWAY_TIMEOUT_S),
+            timeout=Duration.seconds(INTEGRATION_TIMEOUT_S),
+            response_transfer_mode=apigw.ResponseTransferMode.STREAM,
         )
         for path, request_model in ROUTE_MODELS.items():
             model = self._body_model(api, request_model.__name__, gateway_schema(request_model))

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from rag.llm_stream import TextStream
 from rag.pipeline import Deps
 from rag.ports import COLLECTIONS, Chunk, Generation, GenerationParams, SearchResult
 from rag.settings import Settings
@@ -211,6 +212,24 @@ class ScriptedLLM:
         )
         return self._answer(call)
 
+    def stream_complete(
+        self, prompt: str, params: GenerationParams, *, stall_timeout_s: float
+    ) -> TextStream:
+        call = LLMCall("complete", "generate", prompt, None, params, None, stall_timeout_s)
+        return tgi_stream_of(self._answer(call))
+
+    def stream_chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        params: GenerationParams,
+        *,
+        stall_timeout_s: float,
+    ) -> TextStream:
+        call = LLMCall(
+            "chat", "generate", None, [dict(m) for m in messages], params, None, stall_timeout_s
+        )
+        return tgi_stream_of(self._answer(call))
+
     def calls_for(self, purpose: CallPurpose) -> list[LLMCall]:
         return [c for c in self.calls if c.purpose == purpose]
 
@@ -231,6 +250,25 @@ class ScriptedLLM:
             completion_tokens=len(words(result)),
             finish_reason="eos_token",
         )
+
+
+def tgi_stream_of(generation: Generation) -> TextStream:
+    """The scripted answer as TGI's /generate_stream events, one per word (with its space)."""
+    pieces = re.findall(r"\s*\S+", generation.text) or [""]
+    events = []
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        details = {"finish_reason": "eos_token", "generated_tokens": len(pieces), "input_length": 0}
+        events.append(
+            {
+                "index": i,
+                "token": {"id": i, "text": piece, "logprob": -0.5, "special": False},
+                "generated_text": generation.text if last else None,
+                "details": details if last else None,
+            }
+        )
+    chunks = iter([f"data:{json.dumps(e)}\n\n".encode() for e in events])
+    return TextStream("tgi", chunks, lambda: None)
 
 
 @dataclass

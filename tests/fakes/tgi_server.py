@@ -23,6 +23,7 @@ import re
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -232,8 +233,19 @@ DEFAULT_ANSWER = "This is the fake model's answer."
 class Fault:
     """How to misbehave on one request. Build with the class methods."""
 
-    kind: Literal["status", "malformed", "wrong_shape", "close", "hang", "aws_error"]
+    kind: Literal[
+        "status",
+        "malformed",
+        "wrong_shape",
+        "close",
+        "hang",
+        "aws_error",
+        "stream_error",
+        "stream_drop",
+        "stream_stall",
+    ]
     status: int = 0
+    after_tokens: int = 0
     message: str = ""
     seconds: float = 0.0
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -266,6 +278,23 @@ class Fault:
         return cls("hang", seconds=seconds)
 
     @classmethod
+    def stream_error(
+        cls, after_tokens: int, message: str = "Request failed during generation"
+    ) -> Fault:
+        """Streams only: TGI's ErrorResponse event (error_type generation) after some tokens."""
+        return cls("stream_error", message=message, after_tokens=after_tokens)
+
+    @classmethod
+    def stream_drop(cls, after_tokens: int) -> Fault:
+        """Streams only: the connection is closed mid-stream, no terminating chunk."""
+        return cls("stream_drop", after_tokens=after_tokens)
+
+    @classmethod
+    def stream_stall(cls, after_tokens: int, seconds: float) -> Fault:
+        """Streams only: nothing more for `seconds` (or until shutdown) after some tokens."""
+        return cls("stream_stall", after_tokens=after_tokens, seconds=seconds)
+
+    @classmethod
     def aws_error(cls, code: str, status: int, message: str) -> Fault:
         """A SageMaker runtime error (SageMaker routes only), e.g. ServiceUnavailable 503."""
         return cls("aws_error", status=status, message=message, aws_code=code)
@@ -282,6 +311,7 @@ class TgiServer:
         responder: Responder | None = None,
         *,
         delay_s: float = 0.0,
+        token_delay_s: float = 0.0,
         flavor: Flavor = "tgi",
         host: str = "127.0.0.1",
         port: int = 0,
@@ -289,7 +319,13 @@ class TgiServer:
     ) -> None:
         self.responder = responder or json_or(fixed(DEFAULT_ANSWER))
         self.delay_s = delay_s
+        self.token_delay_s = token_delay_s
+        """Pacing of streamed tokens: the wait before each one."""
         self.flavor: Flavor = flavor
+        self.first_token_sent_s: list[float] = []
+        """time.perf_counter() when each stream's first token was written."""
+        self.streams_closed_early = 0
+        """Streams whose client hung up before the last event."""
         self.model_id = model_id
         self.spec = tgi_spec(flavor)
         self._lock = threading.Lock()
@@ -402,6 +438,9 @@ def _handler_for(server: TgiServer) -> type[BaseHTTPRequestHandler]:
                 body = None
             server._record(RecordedRequest("POST", self.path, dict(self.headers), body))
             sagemaker = self.path.startswith("/endpoints/") and self.path.endswith("/invocations")
+            if _wants_stream(self.path, body):
+                _stream(server, self, body)
+                return
             reply = _answer(server, self.path, self.headers.get("Content-Type", ""), raw, sagemaker)
             if reply is None:
                 self.close_connection = True  # Fault.close: hang up without a word
@@ -457,7 +496,7 @@ def _request_schema(route: str, body: Any) -> str:
         return "ChatRequest"
     if route == "/v1/completions":
         return "CompletionRequest"
-    if route == "/generate":
+    if route in ("/generate", "/generate_stream"):
         return "GenerateRequest"
     if route == "/":
         return "CompatGenerateRequest"
@@ -662,6 +701,182 @@ def _generate_response(
     return response
 
 
+# --------------------------------------------------------------------------- streams
+# TGI answers a stream as server-sent events, one `data:` line of JSON per token (StreamResponse
+# on /generate_stream; ChatCompletionChunk / Chunk then `data: [DONE]` on the OpenAI routes);
+# an error during generation is an ErrorResponse event (TGI router/src/server.rs). SageMaker's
+# InvokeEndpointWithResponseStream wraps those bytes in `PayloadPart` events of the
+# application/vnd.amazon.eventstream encoding, cut wherever the container's writes fall.
+
+STREAM_PART_BYTES = 7
+"""SageMaker payload parts of this fake: small, so parts split lines and UTF-8 characters."""
+
+
+def _wants_stream(path: str, body: Any) -> bool:
+    if path.endswith("/invocations-response-stream") or path == "/generate_stream":
+        return True
+    return isinstance(body, dict) and body.get("stream") is True
+
+
+def stream_payloads(
+    server: TgiServer, schema_name: str, body: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the stream's JSON events, the token texts): what `_stream` sends, paced."""
+    request = _generation_request(schema_name, body, server.flavor)
+    text, finish = _limit(server.responder(request), request.stop, request.max_new_tokens)
+    pieces = re.findall(r"\s*\S+", text) or [""]
+    created = int(time.time())
+    events: list[dict[str, Any]] = []
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        if schema_name in ("GenerateRequest", "CompatGenerateRequest"):
+            details = {
+                "finish_reason": finish,
+                "generated_tokens": len(pieces),
+                "input_length": len(_tokens(request.prompt)),
+                "seed": None,
+            }
+            events.append(
+                {
+                    "index": i,
+                    "token": {"id": i + 1, "text": piece, "logprob": -0.5, "special": False},
+                    "generated_text": text if last else None,
+                    "details": details if last else None,
+                }
+            )
+            continue
+        common = {
+            "id": f"fake-{server._next_id()}",
+            "created": created,
+            "model": server.model_id,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+        reason = ("length" if finish == "length" else "stop") if last else None
+        if schema_name == "ChatRequest":
+            delta = {"role": "assistant", "content": piece}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+            events.append({"object": "chat.completion.chunk", **common, "choices": [choice]})
+        else:
+            choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": reason or ""}
+            events.append({"object": "text_completion", **common, "choices": [choice]})
+    return events, pieces
+
+
+def _stream(server: TgiServer, handler: BaseHTTPRequestHandler, body: Any) -> None:
+    path = handler.path
+    sagemaker = path.startswith("/endpoints/")
+    route = "/invocations" if sagemaker else path
+    schema_name = _request_schema(route, body)
+    problems = server.spec.errors(schema_name, body) + _tgi_semantic_errors(body)
+    if problems:
+        reply = _tgi_error(422, "Input validation error: " + "; ".join(problems))
+        if sagemaker:
+            reply = _as_sagemaker_model_error(reply)
+        handler._send(reply)  # type: ignore[attr-defined]
+        return
+    fault = server._next_fault()
+    if fault is not None and not fault.kind.startswith("stream_"):
+        faulty = _fault_reply(server, fault, sagemaker)
+        if faulty is None:
+            handler.close_connection = True
+            return
+        if sagemaker and faulty.status >= 400 and "x-amzn-ErrorType" not in faulty.headers:
+            faulty = _as_sagemaker_model_error(faulty)
+        handler._send(faulty)  # type: ignore[attr-defined]
+        return
+    server._sleep(server.delay_s)
+    events, _ = stream_payloads(server, schema_name, body)
+    lines = [f"data:{json.dumps(e)}\n\n".encode() for e in events]
+    if schema_name != "GenerateRequest" and schema_name != "CompatGenerateRequest":
+        lines.append(b"data: [DONE]\n\n")
+
+    handler.send_response(200)
+    content_type = "application/vnd.amazon.eventstream" if sagemaker else "text/event-stream"
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+
+    def write(data: bytes) -> None:
+        if sagemaker:  # one PayloadPart per few bytes: parts end anywhere
+            for at in range(0, len(data), STREAM_PART_BYTES):
+                _write_chunk(handler, payload_part(data[at : at + STREAM_PART_BYTES]))
+        else:
+            _write_chunk(handler, data)
+
+    try:
+        for i, line in enumerate(lines):
+            if fault is not None and i == fault.after_tokens:
+                if fault.kind == "stream_drop":
+                    handler.close_connection = True
+                    return  # no terminating chunk: the client sees a broken stream
+                if fault.kind == "stream_stall":
+                    server._sleep(fault.seconds)
+                if fault.kind == "stream_error":
+                    error = {"error": fault.message, "error_type": "generation"}
+                    if sagemaker:
+                        _write_chunk(handler, model_stream_error(fault.message))
+                    else:
+                        write(f"data:{json.dumps(error)}\n\n".encode())
+                    break
+            server._sleep(server.token_delay_s)
+            write(line)
+            if i == 0:
+                server.first_token_sent_s.append(time.perf_counter())
+        _write_chunk(handler, b"")
+    except (BrokenPipeError, ConnectionResetError):
+        with server._lock:
+            server.streams_closed_early += 1
+        handler.close_connection = True
+
+
+def _write_chunk(handler: BaseHTTPRequestHandler, data: bytes) -> None:
+    """One HTTP/1.1 chunk, flushed at once; an empty one ends the body."""
+    handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+    handler.wfile.flush()
+
+
+def eventstream_message(headers: Mapping[str, str], payload: bytes) -> bytes:
+    """One message of the application/vnd.amazon.eventstream encoding, built by hand from its
+    spec (https://docs.aws.amazon.com/transcribe/latest/dg/streaming-setting-up.html#streaming-event-stream):
+    prelude (total length, headers length, CRC32 of those 8 bytes), headers (name length, name,
+    type 7 = string, value length, value), payload, CRC32 of everything before it."""
+    encoded = b"".join(
+        bytes([len(name)])
+        + name.encode()
+        + b"\x07"
+        + len(value).to_bytes(2, "big")
+        + value.encode()
+        for name, value in headers.items()
+        for value in [value]
+    )
+    total = 12 + len(encoded) + len(payload) + 4
+    prelude = total.to_bytes(4, "big") + len(encoded).to_bytes(4, "big")
+    prelude += zlib.crc32(prelude).to_bytes(4, "big")
+    message = prelude + encoded + payload
+    return message + zlib.crc32(message).to_bytes(4, "big")
+
+
+def payload_part(data: bytes) -> bytes:
+    """SageMaker runtime's `PayloadPart` event (its `Bytes` member is the raw payload)."""
+    headers = {
+        ":event-type": "PayloadPart",
+        ":content-type": "application/octet-stream",
+        ":message-type": "event",
+    }
+    return eventstream_message(headers, data)
+
+
+def model_stream_error(message: str) -> bytes:
+    """SageMaker runtime's `ModelStreamError` exception event."""
+    headers = {
+        ":exception-type": "ModelStreamError",
+        ":content-type": "application/json",
+        ":message-type": "exception",
+    }
+    body = json.dumps({"Message": message, "ErrorCode": "424"}).encode()
+    return eventstream_message(headers, body)
+
+
 # --------------------------------------------------------------------------- response schemas
 
 
@@ -686,10 +901,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per generation call")
     parser.add_argument("--flavor", choices=("tgi", "openai"), default="tgi")
     parser.add_argument("--answer", default=DEFAULT_ANSWER, help="text of every answer")
+    parser.add_argument(
+        "--token-delay", type=float, default=0.0, help="seconds before each streamed token"
+    )
     args = parser.parse_args(argv)
     server = TgiServer(
         json_or(fixed(args.answer)),
         delay_s=args.delay,
+        token_delay_s=args.token_delay,
         flavor=args.flavor,
         host=args.host,
         port=args.port,

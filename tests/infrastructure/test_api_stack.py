@@ -38,10 +38,10 @@ def test_business_lambda_defaults(synth):
     assert fn["Runtime"] == "python3.13"
     assert fn["Architectures"] == ["x86_64"]
     assert fn["MemorySize"] == 2048
-    assert fn["Timeout"] == 28
+    assert fn["Timeout"] == rag_api.LAMBDA_TIMEOUT_S
     assert fn["TracingConfig"] == {"Mode": "Active"}
     assert fn["LoggingConfig"]["LogFormat"] == "JSON"
-    assert fn["Handler"] == "handlers.business.lambda_handler"
+    assert fn["Handler"] == "web/run.sh"
     assert "ReservedConcurrentExecutions" not in fn
     limited = _functions(synth(lambda_reserved_concurrency="5")["api"])["llm-twin-rag"]
     assert limited["ReservedConcurrentExecutions"] == 5
@@ -63,11 +63,17 @@ def test_business_lambda_environment_carries_config_but_no_secret(synth):
 
 
 def test_timeout_budget_lines_up(synth):
-    # DESIGN 5: API Gateway 29 s > Lambda > request budget > SageMaker read timeout
+    # DESIGN 5: the buffered answer keeps 29 s > request budget > SageMaker read timeout in
+    # code; the streamed one has its own budget, which the Lambda timeout and the STREAM
+    # integration cover, inside API Gateway's 15-minute limit for streamed responses
+    # (https://docs.aws.amazon.com/apigateway/latest/developerguide/response-transfer-mode.html).
     assert rag_api.API_GATEWAY_TIMEOUT_S == 29
-    assert rag_api.REQUEST_BUDGET_S < rag_api.LAMBDA_TIMEOUT_S < rag_api.API_GATEWAY_TIMEOUT_S
+    assert rag_api.REQUEST_BUDGET_S < rag_api.API_GATEWAY_TIMEOUT_S
+    assert rag_api.STREAM_BUDGET_S < rag_api.LAMBDA_TIMEOUT_S < rag_api.INTEGRATION_TIMEOUT_S
+    assert rag_api.INTEGRATION_TIMEOUT_S <= rag_api.API_GATEWAY_STREAM_MAX_S
     env = _functions(synth()["api"])["llm-twin-rag"]["Environment"]["Variables"]
     assert float(env["REQUEST_BUDGET_S"]) == rag_api.REQUEST_BUDGET_S
+    assert float(env["STREAM_BUDGET_S"]) == rag_api.STREAM_BUDGET_S
     connect_s, read_s = rag_api.LLM_CONNECT_TIMEOUT_S, rag_api.LLM_READ_TIMEOUT_S
     # A fast retrieval leaves the full read timeout, its retry overhead and the trace send.
     assert worst_case_call_s(connect_s, read_s) + worst_case_send_s() <= rag_api.REQUEST_BUDGET_S
@@ -269,3 +275,59 @@ def test_alarms_and_dashboard_an_on_call_person_needs(synth):
         "Duration",
     ):
         assert metric in body, metric
+
+
+def test_every_method_streams_through_the_response_streaming_invocation(synth):
+    # API Gateway streams a Lambda proxy response only with responseTransferMode STREAM and
+    # the InvokeWithResponseStream URI `.../2021-11-15/functions/<arn>/response-streaming-
+    # invocations` (https://docs.aws.amazon.com/apigateway/latest/developerguide/
+    # response-transfer-mode-lambda.html); API keys stay required on every method.
+    template = synth()["api"]
+    methods = [
+        m["Properties"]
+        for m in resources(template, "AWS::ApiGateway::Method")
+        if m["Properties"]["Integration"]["Type"] != "MOCK"  # CORS preflight answers itself
+    ]
+    # POST + ANY on /rag and /retrieve, GET + ANY on /health, ANY on {proxy+}
+    assert len(methods) == 7
+    for method in methods:
+        integration = method["Integration"]
+        assert integration["Type"] == "AWS_PROXY"
+        assert integration["ResponseTransferMode"] == "STREAM"
+        uri = json.dumps(integration["Uri"])
+        assert ":lambda:path/2021-11-15/functions/" in uri
+        assert "/response-streaming-invocations" in uri
+        assert integration["TimeoutInMillis"] == rag_api.INTEGRATION_TIMEOUT_S * 1000
+        assert method["ApiKeyRequired"] is True
+
+
+def test_the_business_lambda_runs_the_app_behind_the_web_adapter(synth):
+    # The adapter's documented zip setup: its layer, AWS_LAMBDA_EXEC_WRAPPER=/opt/bootstrap,
+    # a run script as the handler, AWS_LWA_INVOKE_MODE=response_stream for streaming
+    # (https://awslabs.github.io/aws-lambda-web-adapter/configuration/environment-variables.html)
+    fn = _functions(synth()["api"])["llm-twin-rag"]
+    env = fn["Environment"]["Variables"]
+    assert env["AWS_LAMBDA_EXEC_WRAPPER"] == "/opt/bootstrap"
+    assert env["AWS_LWA_INVOKE_MODE"] == "response_stream"
+    assert env["AWS_LWA_READINESS_CHECK_PATH"] == "/health"
+    assert env["AWS_LWA_PORT"] == "8000"
+    (layer,) = fn["Layers"]
+    assert ":753240598075:layer:LambdaAdapterLayerX86:25" in json.dumps(layer)
+    assert {"Ref": "AWS::Region"} in layer["Fn::Join"][1]
+    # The forwarder is a plain Python handler: no adapter
+    forwarder = next(f for name, f in _functions(synth()["api"]).items() if name != "llm-twin-rag")
+    assert "Layers" not in forwarder
+    assert "AWS_LAMBDA_EXEC_WRAPPER" not in forwarder["Environment"]["Variables"]
+
+
+def test_api_gateway_may_invoke_the_function_with_a_stream(synth):
+    # InvokeWithResponseStream is authorised by the same lambda:InvokeFunction permission
+    # (https://docs.aws.amazon.com/lambda/latest/api/API_InvokeWithResponseStream.html)
+    template = synth()["api"]
+    permissions = [
+        p["Properties"]
+        for p in resources(template, "AWS::Lambda::Permission")
+        if p["Properties"]["Principal"] == "apigateway.amazonaws.com"
+    ]
+    assert permissions
+    assert {p["Action"] for p in permissions} == {"lambda:InvokeFunction"}

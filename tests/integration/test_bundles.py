@@ -69,7 +69,7 @@ def test_business_bundle_imports_on_the_runtime_python(built):
     runtime_provided = str(Path(boto3.__file__).parent.parent)
     probe = (
         "import sys, json; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2]);"
-        "import handlers.business, rag.onnx_models, rag.vectorstore, rag.llm, rag.sinks;"
+        "import web.main, uvicorn, rag.onnx_models, rag.vectorstore, rag.llm, rag.sinks;"
         "import onnxruntime, tokenizers, qdrant_client;"
         "print(json.dumps({'ok': True, 'pyc': bool(sys.modules['rag.pipeline'].__cached__)}))"
     )
@@ -83,6 +83,8 @@ def test_business_bundle_imports_on_the_runtime_python(built):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["ok"] is True
+    # The adapter runs web/run.sh as the handler: it must stay executable in the bundle
+    assert os.access(built["business"] / "web" / "run.sh", os.X_OK)
     assert list(
         (built["business"] / "rag" / "__pycache__").glob(
             f"*.cpython-{RUNTIME_PYTHON.replace('.', '')}.pyc"

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -33,7 +32,6 @@ from moto import mock_aws
 from qdrant_client import QdrantClient
 
 from rag import sinks
-from rag.api import ROUTE_METHODS
 from rag.budget import (
     FAST_FAILURE_S,
     generation_timeout_s,
@@ -63,7 +61,7 @@ from tests.integration.test_local_server import (
     twin_responder,
 )
 from tests.tiny_models import build_cross_encoder, build_embedder
-from tools.local_server import LocalServer, build_handler
+from tools.local_server import LocalServer, local_app
 
 QDRANT_KEY = "qdrant-secret-key-for-fault-tests"
 AWS_SECRET = "aws-secret-for-fault-tests"
@@ -219,11 +217,11 @@ FAILING_STAGE_BOUNDS_S = {
 
 @pytest.mark.parametrize("stage", sorted(FAILING_STAGE_BOUNDS_S))
 def test_a_failing_dependency_ends_the_request_inside_the_lambda_timeout(stage: str) -> None:
-    # Given the deployed timeouts, when one dependency fails at its slowest, then the request
-    # is answered (with its error) before the Lambda timeout, itself under API Gateway's
-    assert rag_api.LAMBDA_TIMEOUT_S < rag_api.API_GATEWAY_TIMEOUT_S
-    assert FAILING_STAGE_BOUNDS_S[stage] < rag_api.LAMBDA_TIMEOUT_S
-    assert rag_api.LLM_READ_TIMEOUT_S < rag_api.LAMBDA_TIMEOUT_S
+    # Given the deployed timeouts, when one dependency fails at its slowest, then the buffered
+    # request is answered (with its error) inside API Gateway's classic 29 s (the Lambda's own
+    # timeout is longer now: it covers the streamed route's budget)
+    assert FAILING_STAGE_BOUNDS_S[stage] < rag_api.API_GATEWAY_TIMEOUT_S
+    assert rag_api.LLM_READ_TIMEOUT_S < rag_api.REQUEST_BUDGET_S < rag_api.LAMBDA_TIMEOUT_S
 
 
 def test_every_dependency_at_its_timeout_at_once_still_fits_the_lambda_timeout() -> None:
@@ -240,7 +238,7 @@ def test_every_dependency_at_its_timeout_at_once_still_fits_the_lambda_timeout()
     total = (
         elapsed_s + worst_case_call_s(rag_api.LLM_CONNECT_TIMEOUT_S, read_s) + worst_case_send_s()
     )
-    assert total <= rag_api.REQUEST_BUDGET_S < rag_api.LAMBDA_TIMEOUT_S
+    assert total <= rag_api.REQUEST_BUDGET_S < rag_api.API_GATEWAY_TIMEOUT_S
 
 
 def test_the_test_timeouts_make_each_fault_fire_before_the_fake_answers() -> None:
@@ -473,18 +471,11 @@ def base_deps(model_dirs: tuple[Path, Path], qdrant: QdrantFake, tgi: TgiServer)
 @contextmanager
 def serve(deps: Deps) -> Iterator[httpx.Client]:
     """The local server's HTTP front and handler over `deps`, in this process."""
-    local = LocalServer(
-        ("127.0.0.1", 0), build_handler(deps), api_key=None, known_paths=tuple(ROUTE_METHODS)
-    )
-    thread = threading.Thread(target=local.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        with httpx.Client(base_url=local.url, timeout=60) as http:
-            yield http
-    finally:
-        local.shutdown()
-        local.server_close()
-        thread.join()
+    with (
+        LocalServer(local_app(deps)) as local,
+        httpx.Client(base_url=local.url, timeout=60) as http,
+    ):
+        yield http
 
 
 def closed_port() -> int:

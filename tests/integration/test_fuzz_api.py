@@ -1,7 +1,7 @@
 """The HTTP API fuzzed from its own OpenAPI description (docs/openapi.json).
 
 schemathesis generates valid and invalid bodies for every operation and sends them over HTTP to
-the local server's front (`tools.local_server.LocalServer` + the Lambda's resolver) on the real
+the local server's front (`tools.local_server.LocalServer` + the Lambda's app) on the real
 adapters: tiny ONNX models, embedded Qdrant with part of the sample corpus, the TGI fake. Every
 response must be a documented status, never a 500, errors in the contract's shape, 2xx bodies
 valid against the response schema. Hypothesis adds bodies that are not JSON objects at all.
@@ -10,7 +10,6 @@ valid against the response schema. Hypothesis adds bodies that are not JSON obje
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +29,6 @@ from schemathesis.checks import (
 )
 from schemathesis.generation import GenerationMode
 
-from rag.api import ROUTE_METHODS
 from rag.chunking import Chunker
 from rag.ingest import ingest_file
 from rag.onnx_models import OnnxEmbedder
@@ -40,7 +38,8 @@ from tests.fakes.tgi_server import TgiServer
 from tests.integration.test_local_server import CORPUS, twin_responder
 from tests.tiny_models import build_cross_encoder, build_embedder
 from tools import openapi
-from tools.local_server import LocalServer, build_handler
+from tools.local_server import LocalServer, local_app
+from web.app import ROUTE_METHODS
 
 MAX_EXAMPLES = 100
 """Per operation; with shrinking off a failing case is reported as found."""
@@ -118,17 +117,10 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             }
         )
         deps = build_deps(settings)
-        server = LocalServer(
-            ("127.0.0.1", 0), build_handler(deps), api_key=None, known_paths=tuple(ROUTE_METHODS)
-        )
-        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-        thread.start()
         try:
-            yield server.url
+            with LocalServer(local_app(deps)) as server:
+                yield server.url
         finally:
-            server.shutdown()
-            server.server_close()
-            thread.join()
             deps.store.close()  # type: ignore[attr-defined]
 
 

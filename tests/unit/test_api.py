@@ -1,16 +1,18 @@
-"""The HTTP contract through Powertools' resolver, driven by API Gateway REST proxy events."""
+"""The HTTP contract through the FastAPI app (`web.app`), called in-process over ASGI with
+Starlette's TestClient; the headers the AWS Lambda Web Adapter adds (x-amzn-request-context,
+x-amzn-lambda-context: https://awslabs.github.io/aws-lambda-web-adapter/features/request-context.html)
+are sent as the adapter would."""
 
 from __future__ import annotations
 
-import base64
 import json
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
-from rag.api import MAX_BODY_BYTES, build_app
 from rag.errors import (
     ApiError,
     BadRequest,
@@ -22,66 +24,39 @@ from rag.errors import (
 )
 from tests.fakes.memory import FailingSink, FakeWorld, ScriptedLLM, fake_world
 from tests.tiny_models import tiny_embedder_dir, tiny_reranker_dir
+from web.app import MAX_BODY_BYTES, create_app
 
 __all__ = ["tiny_embedder_dir", "tiny_reranker_dir"]  # fixtures, imported for pytest
 
 REQUEST_ID = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
 
 
-def api_event(
+def request(
+    app: Any,
     method: str,
     path: str,
     body: str | None = None,
     *,
     content_type: str | None = "application/json",
-    base64_body: bool = False,
-) -> dict[str, Any]:
-    """An API Gateway REST (v1) proxy event, shaped like Powertools' test events."""
-    headers = {"Accept": "application/json", "Host": "abc123.execute-api.eu-west-1.amazonaws.com"}
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    sent = {"Accept": "application/json", **(headers or {})}
     if content_type is not None:
-        headers["Content-Type"] = content_type
-    return {
-        "resource": path,
-        "path": path,
-        "httpMethod": method,
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "abc123",
-            "requestId": REQUEST_ID,
-            "resourcePath": path,
-            "httpMethod": method,
-            "path": f"/prod{path}",
-            "stage": "prod",
-            "identity": {"sourceIp": "127.0.0.1", "apiKeyId": "key-id"},
-        },
-        "body": base64.b64encode(body.encode()).decode() if base64_body and body else body,
-        "isBase64Encoded": base64_body,
-    }
+        sent["Content-Type"] = content_type
+    client = TestClient(app, raise_server_exceptions=False)
+    response = client.request(method, path, content=body, headers=sent)
+    return response.status_code, response.json(), response.headers  # type: ignore[return-value]
 
 
-@dataclass
-class FakeLambdaContext:
-    function_name: str = "business"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:business"
-    aws_request_id: str = "lambda-request-id"
-
-
-def call(world: FakeWorld, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
-    response = build_app(lambda: world.deps).resolve(event, FakeLambdaContext())  # type: ignore[arg-type]
-    headers = {k: v[-1] for k, v in response["multiValueHeaders"].items()}
-    return response["statusCode"], json.loads(response["body"]), headers
+def call(
+    world: FakeWorld, method: str, path: str, body: str | None = None, **kwargs: Any
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    return request(create_app(lambda: world.deps), method, path, body, **kwargs)
 
 
 def post(world: FakeWorld, path: str, body: Any, **kwargs: Any) -> tuple[int, dict, dict]:
     raw = body if isinstance(body, str) else json.dumps(body)
-    return call(world, api_event("POST", path, raw, **kwargs))
+    return call(world, "POST", path, raw, **kwargs)
 
 
 def assert_error(body: dict[str, Any], code: str) -> str:
@@ -100,7 +75,7 @@ def test_handbook_compatible_rag_query_gets_an_answer() -> None:
     status, body, headers = post(world, "/rag", {"query": "Write a post about RAG retrieval"})
 
     assert status == 200
-    assert headers["Content-Type"] == "application/json"
+    assert headers["content-type"] == "application/json"
     assert body["answer"] == "a fake answer"
     assert set(body) == {"answer", "sources", "model", "usage", "trace_id", "timings_ms"}
     assert len(body["sources"]) == 3
@@ -157,25 +132,26 @@ def test_retrieve_works_without_an_llm_when_no_helper_is_needed() -> None:
     assert body["chunks"]
 
 
-def test_a_base64_encoded_body_is_accepted() -> None:
-    world = fake_world()
+def test_health_through_the_real_app_touches_no_dependency() -> None:
+    # The real app's deps would need models and Qdrant from the environment: a 200 here
+    # proves /health never builds them (TestClient without `with` runs no lifespan warm-up).
+    from rag.observability import logger
+    from web.main import app
 
-    status, body, _ = post(world, "/rag", {"query": "RAG"}, base64_body=True)
+    status, body, _ = request(app, "GET", "/health", content_type=None)
 
     assert status == 200
-    assert body["answer"]
+    assert body == {"status": "ok"}
+    assert logger.get_correlation_id() is None or isinstance(logger.get_correlation_id(), str)
 
 
-def test_health_through_the_real_handler_touches_no_dependency() -> None:
-    # The real handler's deps would need models and Qdrant from the environment: a 200 here
-    # proves /health never builds them.
-    from handlers.business import lambda_handler
+def test_the_api_gateway_request_id_is_the_log_correlation_id() -> None:
     from rag.observability import logger
 
-    response = lambda_handler(api_event("GET", "/health", content_type=None), FakeLambdaContext())
+    world = fake_world()
+    context = json.dumps({"requestId": REQUEST_ID, "stage": "v1"})
+    post(world, "/retrieve", {"query": "RAG"}, headers={"x-amzn-request-context": context})
 
-    assert response["statusCode"] == 200
-    assert json.loads(response["body"]) == {"status": "ok"}
     assert logger.get_correlation_id() == REQUEST_ID
 
 
@@ -245,13 +221,10 @@ def test_a_failing_deps_factory_is_a_generic_500() -> None:
     def broken() -> Any:
         raise FileNotFoundError("/tmp/models/model.onnx")
 
-    response = build_app(broken).resolve(
-        api_event("POST", "/rag", '{"query": "q"}'),
-        FakeLambdaContext(),  # type: ignore[arg-type]
-    )
+    status, body, _ = request(create_app(broken), "POST", "/rag", '{"query": "q"}')
 
-    assert response["statusCode"] == 500
-    assert "model.onnx" not in response["body"]
+    assert status == 500
+    assert "model.onnx" not in json.dumps(body)
 
 
 @pytest.mark.parametrize(
@@ -262,7 +235,8 @@ def test_a_failing_deps_factory_is_a_generic_500() -> None:
             {"query": "q", "generation": {"max_new_tokens": 4000}},
             "generation.max_new_tokens: must be <= 2048",
         ),
-        ({"query": "q", "stream": True}, "stream: unknown field"),
+        ({"query": "q", "streaming": True}, "streaming: unknown field"),
+        ({"query": "q", "stream": "yes"}, "stream: must be true or false"),
         ({"k": 3}, "query: field required"),
         (["q"], "body: must be a JSON object"),
     ],
@@ -319,7 +293,7 @@ def test_a_body_over_the_limit_is_413() -> None:
 def test_an_unknown_route_is_a_json_404() -> None:
     world = fake_world()
 
-    status, body, _ = call(world, api_event("GET", "/nope"))
+    status, body, _ = call(world, "GET", "/nope")
 
     assert status == 404
     assert_error(body, "not_found")
@@ -328,11 +302,11 @@ def test_an_unknown_route_is_a_json_404() -> None:
 def test_a_wrong_method_is_a_json_405_with_allow() -> None:
     world = fake_world()
 
-    status, body, headers = call(world, api_event("GET", "/rag"))
+    status, body, headers = call(world, "GET", "/rag")
 
     assert status == 405
     assert_error(body, "method_not_allowed")
-    assert headers["Allow"] == "POST"
+    assert headers["allow"] == "POST"
 
 
 # --- traces per request ------------------------------------------------------------------------
@@ -346,7 +320,7 @@ def test_every_pipeline_request_emits_exactly_one_trace_even_when_rejected() -> 
     post(world, "/retrieve", "{")
     post(world, "/retrieve", "x=1", content_type="text/plain")
     post(world, "/rag", {"query": "q", "pad": "x" * MAX_BODY_BYTES})
-    call(world, api_event("GET", "/health"))
+    call(world, "GET", "/health")
 
     statuses = [(e["name"], e["metadata"]["status"]) for e in world.sink.events]
     assert statuses == [
@@ -403,41 +377,32 @@ def test_production_wiring_serves_retrieve_with_local_adapters(
             }
         )
     )
-    app = build_app(lambda: deps)
+    app = create_app(lambda: deps)
 
     # When /retrieve and /rag are called
-    retrieve = app.resolve(
-        api_event("POST", "/retrieve", '{"query": "rag", "expand": false, "author": "A B"}'),
-        FakeLambdaContext(),  # type: ignore[arg-type]
+    retrieve = request(
+        app, "POST", "/retrieve", '{"query": "rag", "expand": false, "author": "A B"}'
     )
-    rag = app.resolve(api_event("POST", "/rag", '{"query": "rag"}'), FakeLambdaContext())  # type: ignore[arg-type]
+    rag = request(app, "POST", "/rag", '{"query": "rag"}')
 
     # Then retrieve answers (missing collections are warnings), rag says no LLM is configured,
     # and both traces are in the file
-    assert retrieve["statusCode"] == 200
-    assert json.loads(retrieve["body"])["chunks"] == []
-    assert rag["statusCode"] == 503
+    assert retrieve[0] == 200
+    assert retrieve[1]["chunks"] == []
+    assert rag[0] == 503
     events = [json.loads(line) for line in trace_file.read_text().splitlines()]
     assert [e["name"] for e in events] == ["retrieve", "rag"]
     assert any("embedded_posts" in w for w in events[0]["metadata"]["warnings"])
 
 
-@dataclass
-class TimedLambdaContext(FakeLambdaContext):
-    remaining_ms: int = 28_000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
-
-
 def _rag_with_time_left(world: FakeWorld, remaining_ms: int) -> tuple[int, dict[str, Any]]:
-    event = api_event(
-        "POST", "/rag", json.dumps({"query": "RAG", "expand": False, "author": "Paul"})
-    )
-    response = build_app(lambda: world.deps).resolve(
-        event, TimedLambdaContext(remaining_ms=remaining_ms)
-    )  # type: ignore[arg-type]
-    return response["statusCode"], json.loads(response["body"])
+    """The Lambda Web Adapter's context header: `deadline` is the invocation's end, epoch ms
+    (lambda_runtime::Context, serialized by the adapter)."""
+    deadline_ms = int(time.time() * 1000) + remaining_ms
+    context = json.dumps({"request_id": "r", "deadline": deadline_ms})
+    body = json.dumps({"query": "RAG", "expand": False, "author": "Paul"})
+    status, got, _ = post(world, "/rag", body, headers={"x-amzn-lambda-context": context})
+    return status, got
 
 
 def test_generation_never_gets_more_time_than_the_invocation_has_left() -> None:

@@ -1,0 +1,2 @@
+"""The HTTP layer: one ASGI (FastAPI) app over `rag.pipeline`, served by uvicorn in local mode
+and behind the AWS Lambda Web Adapter in AWS. Nothing in `rag/` sees a request."""

@@ -1,0 +1,219 @@
+"""The HTTP API (DESIGN 3.1) as one FastAPI app: thin routes, one error shape.
+
+Routes parse the body, call one pipeline function and map its outcome. Every failure leaves as
+`{"error": {"code", "message"}}`: ApiErrors with their status (and Retry-After), unknown routes
+404, known routes with the wrong method 405 (with `Allow`), anything unexpected a generic 500
+whose details only reach the log. Bodies are parsed explicitly (not FastAPI's body models) so
+the 400/413/415 messages follow the contract.
+
+A streamed `/rag` (`"stream": true` or `Accept: text/event-stream`) answers server-sent events
+(`web.sse`). Its status is decided by the first thing the pipeline produces: a failure before
+any event (validation, no LLM, an endpoint scaled to zero) is the plain JSON error; once an event
+or a keep-alive has been sent, a failure is an `error` event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rag import pipeline
+from rag.errors import (
+    ApiError,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from rag.models import RagRequest, RetrieveRequest, loads_json_body, parse_request
+from rag.observability import flush_metrics, logger
+from rag.pipeline import Deps
+from web import sse
+from web.responses import rag_body, retrieve_body
+
+MAX_BODY_BYTES = 16 * 1024
+"""A 2000-character query with every option fits many times over; more is not a request."""
+ROUTE_METHODS: dict[str, tuple[str, ...]] = {
+    "/rag": ("POST",),
+    "/retrieve": ("POST",),
+    "/health": ("GET",),
+}
+INTERNAL_ERROR_MESSAGE = "internal error; the request id is in the logs"
+LAMBDA_CONTEXT_HEADER = "x-amzn-lambda-context"
+"""The Lambda Web Adapter forwards the invocation's context here (JSON; `deadline` in epoch ms)."""
+REQUEST_CONTEXT_HEADER = "x-amzn-request-context"
+"""... and API Gateway's request context (JSON; `requestId`)."""
+
+R = TypeVar("R", bound=RetrieveRequest)
+
+
+def json_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        content=json.dumps(body, ensure_ascii=False),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(error: ApiError) -> Response:
+    return json_response(error.status, error.body(), headers=error.headers())
+
+
+def internal_error() -> Response:
+    return json_response(
+        500, {"error": {"code": "internal_error", "message": INTERNAL_ERROR_MESSAGE}}
+    )
+
+
+def time_left_s(request: Request) -> float | None:
+    """What the Lambda invocation has left (None outside Lambda)."""
+    context = _header_json(request, LAMBDA_CONTEXT_HEADER)
+    deadline_ms = context.get("deadline")
+    if not isinstance(deadline_ms, (int, float)):
+        return None
+    return deadline_ms / 1000 - time.time()
+
+
+def _header_json(request: Request, name: str) -> dict[str, Any]:
+    raw = request.headers.get(name)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def wants_stream(request: Request, req: RagRequest) -> bool:
+    accept = request.headers.get("accept", "")
+    return req.stream or any(
+        part.split(";", 1)[0].strip().lower() == sse.MEDIA_TYPE for part in accept.split(",")
+    )
+
+
+def create_app(deps_factory: Callable[[], Deps]) -> FastAPI:
+    """The app with its routes; `deps_factory` is called per request (it caches)."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def read_json_body(request: Request) -> Any:
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"body: larger than {MAX_BODY_BYTES} bytes")
+        if not _is_json_type(request.headers.get("content-type", "")):
+            raise UnsupportedMediaType("Content-Type must be application/json")
+        if not raw.strip():
+            raise BadRequest("body: a JSON object is required", code="invalid_json")
+        try:
+            return loads_json_body(raw)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise BadRequest("body: not valid JSON", code="invalid_json") from None
+
+    async def parsed(
+        request: Request, name: Literal["rag", "retrieve"], model: type[R], deps: Deps
+    ) -> R:
+        """The request body as `model`; a refused body still leaves its trace."""
+        try:
+            return parse_request(
+                model,
+                await read_json_body(request),
+                max_new_tokens_limit=deps.profile.generation.max_new_tokens_limit,
+            )
+        except ApiError as exc:
+            pipeline.emit_rejected(name, exc, deps)
+            raise
+
+    @app.get("/health")
+    async def health() -> Response:
+        return json_response(200, {"status": "ok"})
+
+    @app.post("/rag")
+    async def rag_route(request: Request) -> Response:
+        async def run() -> Response:
+            deps = await run_in_threadpool(deps_factory)
+            req = await parsed(request, "rag", RagRequest, deps)
+            left_s = time_left_s(request)
+            if wants_stream(request, req):
+                return await _stream(
+                    lambda: pipeline.answer_stream(req, deps, time_left_s=left_s),
+                    include_context=req.include_context,
+                )
+            outcome = await run_in_threadpool(pipeline.answer, req, deps, time_left_s=left_s)
+            return json_response(200, rag_body(outcome, include_context=req.include_context))
+
+        return await _contract(request, run)
+
+    @app.post("/retrieve")
+    async def retrieve_route(request: Request) -> Response:
+        async def run() -> Response:
+            deps = await run_in_threadpool(deps_factory)
+            req = await parsed(request, "retrieve", RetrieveRequest, deps)
+            outcome = await run_in_threadpool(pipeline.retrieve, req, deps)
+            return json_response(200, retrieve_body(outcome))
+
+        return await _contract(request, run)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
+        path = request.url.path
+        allowed = ROUTE_METHODS.get(path)
+        if exc.status_code != 405 or allowed is None:
+            return error_response(NotFound(f"no route {path}"))
+        response = error_response(MethodNotAllowed(f"{request.method} not allowed on {path}"))
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    return app
+
+
+async def _contract(request: Request, run: Callable[[], Awaitable[Response]]) -> Response:
+    """Runs a route with the request's correlation id, mapping every failure to the contract."""
+    request_id = _header_json(request, REQUEST_CONTEXT_HEADER).get("requestId")
+    logger.set_correlation_id(request_id if isinstance(request_id, str) else None)
+    try:
+        return await run()
+    except ApiError as exc:
+        if exc.status >= 500:
+            logger.warning("request failed", error_code=exc.code, status=exc.status)
+        return error_response(exc)
+    except Exception:
+        logger.exception("unhandled error")
+        return internal_error()
+    finally:
+        flush_metrics()
+
+
+async def _stream(events: Callable[[], Any], *, include_context: bool) -> Response:
+    stream = sse.PipelineStream(events)
+    try:
+        first = await stream.next(sse.KEEPALIVE_S)
+    except TimeoutError:
+        first = None  # nothing yet: start the stream with a keep-alive
+    else:
+        if isinstance(first, BaseException):
+            stream.cancel()
+            raise first  # before the first byte: the plain status and JSON error
+    return StreamingResponse(
+        sse.sse_body(stream, first, include_context=include_context),
+        media_type=sse.MEDIA_TYPE,
+        # Proxies must not buffer the events (nginx honours X-Accel-Buffering).
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _is_json_type(content_type: str) -> bool:
+    """application/json (any parameters) or a +json type. A missing header is accepted: some
+    clients (and the API Gateway console) send JSON without one."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type in ("", "application/json") or media_type.endswith("+json")

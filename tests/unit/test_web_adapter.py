@@ -1,0 +1,99 @@
+"""The Lambda Web Adapter layer table and the run script the adapter starts."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from aws_cdk import aws_lambda as lambda_
+
+from stacks import web_adapter
+from stacks.bundling import LAMBDA_SRC
+
+# Published by AWS (https://awslabs.github.io/aws-lambda-web-adapter/ "Lambda functions packaged
+# as Zip package"; aws-samples/serverless-samples apigw-response-streaming/python-strands-lambda).
+LAYER_ARN = re.compile(
+    r"^arn:aws:lambda:[a-z0-9-]+:753240598075:layer:LambdaAdapterLayer(X86|Arm64):\d+$"
+)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "expected"),
+    [
+        (
+            lambda_.Architecture.X86_64,
+            "arn:aws:lambda:eu-west-1:753240598075:layer:LambdaAdapterLayerX86:25",
+        ),
+        (
+            lambda_.Architecture.ARM_64,
+            "arn:aws:lambda:eu-west-1:753240598075:layer:LambdaAdapterLayerArm64:24",
+        ),
+    ],
+)
+def test_each_architecture_gets_its_own_published_layer(
+    architecture: lambda_.Architecture, expected: str
+) -> None:
+    arn = web_adapter.layer_arn("eu-west-1", architecture)
+    assert arn == expected
+    assert LAYER_ARN.match(arn)
+
+
+def test_the_run_script_is_an_executable_that_starts_the_app_on_the_adapter_port() -> None:
+    script = LAMBDA_SRC / web_adapter.HANDLER
+    mode = script.stat().st_mode
+    assert mode & stat.S_IXUSR and mode & stat.S_IXOTH  # Lambda runs it as another user
+    text = script.read_text()
+    assert text.startswith("#!/bin/bash\n")
+    assert "exec python -m uvicorn web.main:app" in text
+    assert '"${AWS_LWA_PORT}"' in text
+    assert "LAMBDA_RUNTIME_DIR" in text  # boto3 is the runtime's, not bundled
+    assert (LAMBDA_SRC / "web" / "main.py").is_file()
+
+
+def test_the_run_script_serves_health_where_the_adapter_checks_readiness(tmp_path: Path) -> None:
+    # As the adapter's bootstrap would: LAMBDA_TASK_ROOT is the bundle, AWS_LWA_PORT the port;
+    # the readiness path answers 200 before any dependency exists (none are configured here).
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "LAMBDA_TASK_ROOT": str(LAMBDA_SRC),
+        "LAMBDA_RUNTIME_DIR": str(tmp_path),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "AWS_LWA_PORT": str(port),
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "EMBEDDING_MODEL_DIR": str(tmp_path / "missing"),
+    }
+    process = subprocess.Popen(
+        [str(LAMBDA_SRC / web_adapter.HANDLER)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        status = None
+        for _ in range(600):  # a guard against a server that never starts, not a timing check
+            try:
+                status = httpx.get(
+                    f"http://127.0.0.1:{port}{web_adapter.READINESS_PATH}"
+                ).status_code
+                break
+            except httpx.TransportError:
+                if process.poll() is not None:
+                    break
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=60)[0].decode(errors="replace")
+    assert status == 200, output
