@@ -14,6 +14,7 @@ from stacks.config import ConfigError
 from stacks.request_schemas import ROUTE_MODELS
 from tests.conftest import synth_templates
 from tests.infrastructure.helpers import one, resources
+from tests.infrastructure.scanned_contexts import VPC_LOOKUP
 
 OPIK = {"opik_api_key_secret_name": "llm-twin/opik", "opik_workspace": "team"}
 ENV = {"account": "123456789012", "region": "eu-west-1"}
@@ -203,7 +204,7 @@ def test_in_a_vpc_the_function_gets_the_endpoints_it_calls(synth):
     Lambda functions access to resources in an Amazon VPC": use NAT or VPC endpoints). The
     business Lambda calls S3 (model archive), Secrets Manager (Qdrant key), SageMaker runtime
     and, with traces on, SQS."""
-    template = synth(vpc_id="vpc-0123456789abcdef0", **ENV, **OPIK)["api"]
+    template = synth(vpc_id="vpc-0123456789abcdef0", **ENV, **OPIK, **VPC_LOOKUP)["api"]
     services = json.dumps(
         [e["Properties"]["ServiceName"] for e in resources(template, "AWS::EC2::VPCEndpoint")]
     )
@@ -215,7 +216,9 @@ def test_in_a_vpc_the_function_gets_the_endpoints_it_calls(synth):
         if e["Properties"].get("VpcEndpointType") == "Gateway"
     ]
     assert len(gateway) == 1 and ".s3" in json.dumps(gateway[0]["ServiceName"])
-    without = synth(vpc_id="vpc-0123456789abcdef0", vpc_endpoints="false", **ENV)["api"]
+    without = synth(vpc_id="vpc-0123456789abcdef0", vpc_endpoints="false", **ENV, **VPC_LOOKUP)[
+        "api"
+    ]
     assert not resources(without, "AWS::EC2::VPCEndpoint")
 
 
