@@ -47,6 +47,7 @@ class RagApiStack(Stack):
             trace_queue=traces.queue,
             vpc=vpc,
         )
+        traces.grant_redaction_key(rag.business.function)
         monitoring = Monitoring(
             self,
             "Monitoring",

@@ -40,6 +40,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_QDRANT_PATH = REPO / ".local" / "qdrant"
 DEFAULT_TRACE_FILE = REPO / ".local" / "traces.jsonl"
+DEFAULT_TRACE_HASH_KEY_FILE = REPO / ".local" / "trace-hash.key"
 DEFAULT_CORPUS = REPO / "sample_data" / "corpus.jsonl"
 DEFAULT_MODELS_DIR = REPO / "build" / "models"
 STAGE = "local"
@@ -149,6 +150,7 @@ def local_setup(environ: Mapping[str, str], models_dir: Path = DEFAULT_MODELS_DI
     if "QDRANT_URL" not in env:
         env.setdefault("QDRANT_PATH", str(DEFAULT_QDRANT_PATH))
     env.setdefault("TRACE_FILE", str(DEFAULT_TRACE_FILE))
+    env.setdefault("TRACE_HASH_KEY_FILE", str(DEFAULT_TRACE_HASH_KEY_FILE))
     corpus = _set(environ, "LOCAL_CORPUS")
     return LocalSetup(
         env=env,
@@ -320,18 +322,9 @@ def opik_sink(env: Mapping[str, str]) -> tuple[BackgroundSink, str] | None:
 
 def with_opik(deps: Deps, opik: TraceSink) -> Deps:
     """The production sink (sampling, redaction, JSONL file) fanned out to Opik as well."""
-    from rag.sinks import FanoutSink, JsonlTraceSink, PolicySink
+    from rag.sinks import build_sink
 
-    settings = deps.settings
-    sinks: list[TraceSink] = [opik]
-    if settings.trace_file:
-        sinks.insert(0, JsonlTraceSink(settings.trace_file))
-    policy = PolicySink(
-        FanoutSink(*sinks),
-        sample_rate=settings.trace_sample_rate,
-        redaction=settings.trace_redaction,
-    )
-    return replace(deps, sink=policy)
+    return replace(deps, sink=build_sink(deps.settings, extra=[opik]))
 
 
 # --------------------------------------------------------------------------- HTTP <-> event

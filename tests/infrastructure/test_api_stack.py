@@ -269,3 +269,37 @@ def test_alarms_and_dashboard_an_on_call_person_needs(synth):
         "Duration",
     ):
         assert metric in body, metric
+
+
+def test_hash_query_keys_its_digests_with_a_generated_secret_only_the_business_lambda_reads(synth):
+    """hash_query's HMAC key is a Secrets Manager secret the stack generates
+    (AWS::SecretsManager::Secret GenerateSecretString, https://docs.aws.amazon.com/
+    AWSCloudFormation/latest/UserGuide/aws-properties-secretsmanager-secret-generatesecretstring.html),
+    so the value is never in the template; the Lambda reads it at run time (GetSecretValue on
+    exactly that secret) and gets only its ARN in the environment."""
+    template = synth(trace_redaction="hash_query")["api"]
+    env = _functions(template)["llm-twin-rag"]["Environment"]["Variables"]
+    secrets = {
+        logical_id: res
+        for logical_id, res in template["Resources"].items()
+        if res["Type"] == "AWS::SecretsManager::Secret"
+        and "GenerateSecretString" in res["Properties"]
+        and "trace" in res["Properties"].get("Name", "")
+    }
+    [(secret_id, secret)] = secrets.items()
+    assert env["TRACE_HASH_KEY_SECRET"] == {"Ref": secret_id}  # the ARN, not a value
+    assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] >= 32
+    readers = [
+        s
+        for s in _policy_of(template, "llm-twin-rag")
+        if "secretsmanager:GetSecretValue" in as_list(s["Action"])
+    ]
+    assert {"Ref": secret_id} in [r for s in readers for r in as_list(s["Resource"])]
+    # And no other function may read it, and without hash_query there is no key at all
+    for name in _functions(template):
+        if name != "llm-twin-rag":
+            assert secret_id not in json.dumps(_policy_of(template, name))
+    plain = synth()["api"]
+    assert (
+        "TRACE_HASH_KEY_SECRET" not in _functions(plain)["llm-twin-rag"]["Environment"]["Variables"]
+    )
