@@ -124,7 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.file}: {exc}; nothing was written (--strict)", file=sys.stderr)
             return EXIT_FAILED
         except (ResponseHandlingException, UnexpectedResponse) as exc:
-            print(f"Qdrant failed: {exc}", file=sys.stderr)
+            print(
+                f"Qdrant failed: {exc}. Nothing already stored was lost (a document's old chunks "
+                "are removed only after its new ones are written); run the ingest again.",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         finally:
             client.close()
