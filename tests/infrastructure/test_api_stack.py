@@ -303,3 +303,33 @@ def test_hash_query_keys_its_digests_with_a_generated_secret_only_the_business_l
     assert (
         "TRACE_HASH_KEY_SECRET" not in _functions(plain)["llm-twin-rag"]["Environment"]["Variables"]
     )
+
+
+def _key_statements_for(template, service):
+    [key] = resources(template, "AWS::KMS::Key")
+    return key, [
+        s
+        for s in key["Properties"]["KeyPolicy"]["Statement"]
+        if s.get("Principal", {}).get("Service") == service and s["Effect"] == "Allow"
+    ]
+
+
+def test_alarm_topic_is_encrypted_with_a_customer_key_cloudwatch_and_budgets_may_use(synth):
+    """SNS encrypts a topic's messages with the KMS key named in KmsMasterKeyId, and AWS services
+    that publish to an encrypted topic need kms:GenerateDataKey* and kms:Decrypt on that key in
+    its key policy; the AWS-managed key's policy cannot be changed, so CloudWatch alarms (and
+    Budgets) need a customer-managed key ("Enable compatibility between event sources from AWS
+    services and encrypted topics",
+    https://docs.aws.amazon.com/sns/latest/dg/sns-key-management.html#compatibility-with-aws-services)."""
+    template = synth(monthly_budget_usd="100")["api"]
+    topic = one(template, "AWS::SNS::Topic")
+    key, cloudwatch = _key_statements_for(template, "cloudwatch.amazonaws.com")
+    key_ids = [logical_id for logical_id, r in template["Resources"].items() if r is key]
+    assert topic["KmsMasterKeyId"] == {"Fn::GetAtt": [key_ids[0], "Arn"]}
+    assert key["Properties"]["EnableKeyRotation"] is True
+    for statements in (cloudwatch, _key_statements_for(template, "budgets.amazonaws.com")[1]):
+        actions = {a for s in statements for a in as_list(s["Action"])}
+        assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= actions
+        assert not actions - {"kms:Decrypt", "kms:GenerateDataKey*"}
+    # And without a budget, Budgets gets nothing
+    assert _key_statements_for(synth()["api"], "budgets.amazonaws.com")[1] == []
