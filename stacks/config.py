@@ -305,6 +305,7 @@ class DeploymentConfig(_Strict):
     model: str = "twin-llama-3.1-8b"
     project: str = Field(default="llm-twin", pattern=r"^[a-z][a-z0-9-]{1,30}$")
     qdrant_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(:\d+)?(/\S*)?$")
+    """The Lambda always has a Qdrant API key (created or named secret): https only."""
     qdrant_api_key_secret_name: str | None = None
     api_rate_limit_rps: float = Field(default=10, gt=0, le=10000)
     api_burst_limit: int = Field(default=20, ge=1, le=5000)
@@ -327,6 +328,16 @@ class DeploymentConfig(_Strict):
     def stack_name(self, kind: str) -> str:
         """`LlmTwinEndpoint`, `LlmTwinApi`: the project name in CamelCase plus the stack's kind."""
         return "".join(part.capitalize() for part in self.project.split("-")) + kind.capitalize()
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _tls_for_the_key(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith("https://"):
+            raise ValueError(
+                "must be https://: the Lambda sends the Qdrant API key with every request, "
+                "and over http it would cross the internet in clear"
+            )
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from rag.urls import redact_url  # stdlib only: safe before Powertools' defaults are set
+
 if TYPE_CHECKING:
     from rag.pipeline import Deps
     from rag.ports import TraceSink
@@ -189,7 +191,7 @@ def prepare_store(settings: Settings, setup: LocalSetup) -> StoreStatus:
     from qdrant_client import QdrantClient
 
     if settings.qdrant_url:
-        description = f"server {settings.qdrant_url}"
+        description = f"server {redact_url(settings.qdrant_url)}"
         client = QdrantClient(
             url=settings.qdrant_url,
             api_key=settings.qdrant_api_key(),
@@ -316,7 +318,7 @@ def opik_sink(env: Mapping[str, str]) -> tuple[BackgroundSink, str] | None:
         url=opik.opik_url_override, workspace=opik.opik_workspace, api_key=opik.api_key()
     )
     writer = OpikWriter(rest, project_name=opik.opik_project_name, timeout_s=opik.opik_timeout_s)
-    label = f"Opik at {opik.opik_url_override} (project {opik.opik_project_name})"
+    label = f"Opik at {redact_url(opik.opik_url_override)} (project {opik.opik_project_name})"
     return BackgroundSink(OpikEventSink(writer)), label
 
 
@@ -623,7 +625,7 @@ def llm_description(settings: Settings) -> str:
         return f"SageMaker endpoint {settings.llm_endpoint}{on}, {where}, local AWS credentials"
     if settings.llm_url:
         kind = "TGI" if settings.llm_api == "tgi" else "OpenAI-compatible server"
-        return f"{kind} at {settings.llm_url}"
+        return f"{kind} at {redact_url(settings.llm_url)}"
     return (
         "none: POST /rag answers 503 llm_not_configured (set LLM_URL=http://host:port of a TGI "
         "or OpenAI-compatible server with LLM_API=tgi|openai, or LLM_ENDPOINT=<SageMaker "

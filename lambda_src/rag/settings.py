@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from rag.urls import check_key_transport
+
 SECRET_MAX_AGE_S = 300
 """How long a Secrets Manager value is cached in the container; a rotated key is picked up after."""
 
@@ -170,6 +172,12 @@ class Settings(BaseModel):
             raise ValueError("must look like s3://bucket/key.zip")
         return value
 
+    @model_validator(mode="after")
+    def _key_over_tls(self) -> Settings:
+        if self.qdrant_url and (self.qdrant_api_key_secret or self.qdrant_api_key_local):
+            check_key_transport(self.qdrant_url, what="QDRANT_URL")
+        return self
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Settings from an environment mapping; empty values count as unset."""
@@ -250,5 +258,5 @@ def _describe(exc: ValidationError) -> str:
         message = (
             str(ctx["error"]) if err["type"] == "value_error" and "error" in ctx else err["msg"]
         )
-        parts.append(f"{loc}: {message}")
+        parts.append(f"{loc}: {message}" if loc else message)
     return "; ".join(parts)

@@ -380,3 +380,20 @@ def test_links_other_than_http_or_https_are_refused(link: str) -> None:
     [error] = parsed.errors
     assert "link" in error.reason and "http" in error.reason
     assert parse_lines([json.dumps({**DOCUMENTS[0], "link": "HTTPS://ok.example/x"})]).documents
+
+
+def test_cli_refuses_to_send_a_qdrant_key_over_plain_http(
+    tiny_embedder_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Qdrant takes its key in the `api-key` header of every request
+    (https://qdrant.tech/documentation/cloud/authentication/): over http it crosses in clear."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(_lines(DOCUMENTS)))
+    monkeypatch.setenv("QDRANT_API_KEY", "the-key")
+    argv = [str(corpus), "--qdrant-url", "http://qdrant.example:6333"]
+    assert ingest_cli([*argv, "--embedding-model-dir", str(tiny_embedder_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "https" in err and "the-key" not in err
