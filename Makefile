@@ -11,7 +11,7 @@ CDK_CONTEXT := $(if $(MODEL),-c model=$(MODEL),)
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONPATH := $(CURDIR)/lambda_src:$(CURDIR)
 
-.PHONY: help install checkov-venv test lint unit synth synth-offline package deploy destroy preflight cost pin local ingest \
+.PHONY: help install checkov-venv test lint unit synth synth-offline package deploy destroy preflight cost pin stage-weights local ingest \
         models bench bench-baseline e2e clean
 
 help: ## list the targets
@@ -92,6 +92,9 @@ destroy: install ## remove every stack, the GPU endpoint first, then verify noth
 
 cost: install ## estimated hourly and monthly cost of the configured model
 	$(PY) -m tools.cost $(if $(MODEL),--model $(MODEL),)
+
+stage-weights: install ## copy the model's weights at its pinned commit from the Hub to its weights_s3_uri, verified
+	$(PY) -m tools.stage_weights --model $(or $(MODEL),$$($(PY) -m tools.stack_names model))
 
 pin: install ## resolve the model's hf_revision branch to a commit SHA in its YAML
 	$(PY) -m tools.pin_revision --model $(or $(MODEL),$$($(PY) -m tools.stack_names model))
