@@ -80,7 +80,9 @@ ingest: install ## load JSONL documents into Qdrant: make ingest FILE=docs.jsonl
 preflight: install ## check quota, model access and fit, Qdrant before a deploy
 	$(PY) -m tools.preflight $(if $(MODEL),--model $(MODEL),)
 
-deploy: install models ## preflight, then deploy every stack (SKIP_PREFLIGHT=1 to bypass)
+deploy: install ## refuse an unpinned model or lock (ALLOW_UNPINNED=1), preflight (SKIP_PREFLIGHT=1), deploy
+	$(PY) -m tools.deploy_guard --model $(or $(MODEL),$$($(PY) -m tools.stack_names model)) $(if $(ALLOW_UNPINNED),--allow-unpinned,)
+	$(MAKE) --no-print-directory models
 	@if [ -z "$(SKIP_PREFLIGHT)" ]; then $(MAKE) --no-print-directory preflight; fi
 	$(CDK) deploy --all --require-approval never --no-notices $(CDK_CONTEXT) --outputs-file build/outputs.json
 	@$(PY) -m tools.print_outputs build/outputs.json
