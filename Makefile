@@ -14,7 +14,7 @@ CDK_CONTEXT := $(if $(MODEL),-c model=$(MODEL),)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)/lambda_src:$(CURDIR)
 
-.PHONY: help install checkov-venv test lint unit synth synth-offline package deploy destroy preflight redrive-traces cost pin local ingest \
+.PHONY: help install checkov-venv test lint unit synth synth-offline package deploy destroy preflight redrive-traces cost pin stage-weights local ingest \
         models bench bench-baseline e2e eval clean
 
 help: ## list the targets
@@ -90,7 +90,9 @@ ingest: install ## load JSONL documents into Qdrant: make ingest FILE=docs.jsonl
 preflight: install ## check quota, model access and fit, Qdrant before a deploy
 	$(PY) -m tools.preflight $(if $(MODEL),--model $(MODEL),)
 
-deploy: install models ## preflight, then deploy every stack (SKIP_PREFLIGHT=1 to bypass)
+deploy: install ## refuse an unpinned model or lock (ALLOW_UNPINNED=1), preflight (SKIP_PREFLIGHT=1), deploy
+	$(PY) -m tools.deploy_guard --model $(or $(MODEL),$$($(PY) -m tools.stack_names model)) $(if $(ALLOW_UNPINNED),--allow-unpinned,)
+	$(MAKE) --no-print-directory models
 	@if [ -z "$(SKIP_PREFLIGHT)" ]; then $(MAKE) --no-print-directory preflight; fi
 	$(CDK) deploy --all --require-approval never --no-notices $(CDK_CONTEXT) --outputs-file build/outputs.json
 	@$(PY) -m tools.print_outputs build/outputs.json
@@ -105,6 +107,9 @@ destroy: install ## remove every stack, the GPU endpoint first, then verify noth
 
 cost: install ## estimated hourly and monthly cost of the configured model
 	$(PY) -m tools.cost $(if $(MODEL),--model $(MODEL),)
+
+stage-weights: install ## copy the model's weights at its pinned commit from the Hub to its weights_s3_uri, verified
+	$(PY) -m tools.stage_weights --model $(or $(MODEL),$$($(PY) -m tools.stack_names model))
 
 pin: install ## resolve the model's hf_revision branch to a commit SHA in its YAML
 	$(PY) -m tools.pin_revision --model $(or $(MODEL),$$($(PY) -m tools.stack_names model))

@@ -54,6 +54,8 @@ class RagApiStack(Stack):
             trace_queue=traces.queue if traces else None,
             vpc=vpc,
         )
+        if traces is not None:  # with traces off nothing is sent, so there is nothing to key
+            traces.grant_redaction_key(rag.business.function)
         monitoring = Monitoring(
             self,
             "Monitoring",

@@ -21,6 +21,8 @@ from stacks.instances import GPU_INSTANCES, GpuInstance
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_config"
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+MODEL_DIR = "/opt/ml/model"
+"""Where SageMaker puts a model's data (ModelDataSource) inside the container."""
 _HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -131,6 +133,11 @@ class ModelConfig(_Strict):
     hf_model_id: str
     hf_revision: str = Field(min_length=1)
     hf_token_secret_name: str | None = None
+    weights_s3_uri: str | None = Field(
+        default=None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?$"
+    )
+    """Where `make stage-weights` copied the weights (`<uri>/<hf_model_id>/<hf_revision>/`): the
+    endpoint then loads them from S3 and needs no Hugging Face token at run time."""
     tgi_version: str
     instance_type: str
     gpu_count: int | None = Field(default=None, ge=1)
@@ -169,6 +176,22 @@ class ModelConfig(_Strict):
         if value not in allowed:
             raise ValueError(f"TGI {value!r} has no SageMaker image; allowed: {', '.join(allowed)}")
         return value
+
+    @model_validator(mode="after")
+    def _staged_weights(self) -> ModelConfig:
+        if self.weights_s3_uri is None:
+            return self
+        if not self.revision_pinned:
+            raise ValueError(
+                "weights_s3_uri needs hf_revision to be a commit SHA (the staged copy is of one "
+                "commit): run `make pin MODEL=<name>`"
+            )
+        if self.hf_token_secret_name:
+            raise ValueError(
+                "weights_s3_uri and hf_token_secret_name exclude each other: weights staged in "
+                "S3 need no Hugging Face token at run time; remove hf_token_secret_name"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fits(self) -> ModelConfig:
@@ -220,11 +243,26 @@ class ModelConfig(_Strict):
         # TGI streams safetensors to the GPU; host memory mostly serves the router and tokenizer.
         return self.compute.memory_mib or self.instance.memory_gib * 1024 // 2
 
+    @property
+    def weights_s3_prefix(self) -> str | None:
+        """The staged copy of this model at this revision (one layout, for the staging tool and
+        the endpoint), ending in `/` as SageMaker's S3Prefix model data requires."""
+        if self.weights_s3_uri is None:
+            return None
+        return f"{self.weights_s3_uri.rstrip('/')}/{self.hf_model_id}/{self.hf_revision}/"
+
     def tgi_environment(self) -> dict[str, str]:
-        """The TGI container's environment (no secrets: the HF token is added by reference)."""
+        """The TGI container's environment (no secrets: the HF token is added by reference).
+
+        With staged weights SageMaker places them in MODEL_DIR before the container starts, and
+        TGI's SageMaker entrypoint passes HF_MODEL_ID on as its model id, a local folder here."""
+        source = (
+            {"HF_MODEL_ID": MODEL_DIR}
+            if self.weights_s3_uri
+            else {"HF_MODEL_ID": self.hf_model_id, "HF_MODEL_REVISION": self.hf_revision}
+        )
         env = {
-            "HF_MODEL_ID": self.hf_model_id,
-            "HF_MODEL_REVISION": self.hf_revision,
+            **source,
             "SM_NUM_GPUS": str(self.gpus),
             "MAX_INPUT_TOKENS": str(self.tgi.max_input_tokens),
             "MAX_TOTAL_TOKENS": str(self.tgi.max_total_tokens),
@@ -309,6 +347,7 @@ class DeploymentConfig(_Strict):
     model: str = "twin-llama-3.1-8b"
     project: str = Field(default="llm-twin", pattern=r"^[a-z][a-z0-9-]{1,30}$")
     qdrant_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(:\d+)?(/\S*)?$")
+    """The Lambda always has a Qdrant API key (created or named secret): https only."""
     qdrant_api_key_secret_name: str | None = None
     api_rate_limit_rps: float = Field(default=10, gt=0, le=10000)
     api_burst_limit: int = Field(default=20, ge=1, le=5000)
@@ -347,6 +386,16 @@ class DeploymentConfig(_Strict):
     def stack_name(self, kind: str) -> str:
         """`LlmTwinEndpoint`, `LlmTwinApi`: the project name in CamelCase plus the stack's kind."""
         return "".join(part.capitalize() for part in self.project.split("-")) + kind.capitalize()
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _tls_for_the_key(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith("https://"):
+            raise ValueError(
+                "must be https://: the Lambda sends the Qdrant API key with every request, "
+                "and over http it would cross the internet in clear"
+            )
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

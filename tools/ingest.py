@@ -20,6 +20,7 @@ from tqdm import tqdm
 from rag.chunking import Chunker
 from rag.ingest import DEFAULT_BATCH_SIZE, IngestError, IngestReport, ingest_file
 from rag.onnx_models import ModelLoadError, OnnxEmbedder
+from rag.urls import check_key_transport
 
 DEFAULT_QDRANT_PATH = Path(".local/qdrant")  # the store `make local` serves
 DEFAULT_MODEL_DIR = Path("build/models/embedding")
@@ -58,11 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _client(args: argparse.Namespace) -> QdrantClient:
     if args.qdrant_url:
-        return QdrantClient(
-            url=args.qdrant_url,
-            api_key=os.environ.get(args.api_key_env) or None,
-            timeout=QDRANT_TIMEOUT_S,
-        )
+        api_key = os.environ.get(args.api_key_env) or None
+        if api_key:
+            check_key_transport(args.qdrant_url, what="--qdrant-url")
+        return QdrantClient(url=args.qdrant_url, api_key=api_key, timeout=QDRANT_TIMEOUT_S)
     path = args.qdrant_path or DEFAULT_QDRANT_PATH
     path.mkdir(parents=True, exist_ok=True)
     return QdrantClient(path=str(path))
@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     chunker = Chunker(embedder.tokenizer, max_length=embedder.max_length)
     try:
         client = _client(args)
+    except ValueError as exc:  # an API key over plain http to another machine
+        print(f"refusing to connect: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
     except RuntimeError as exc:  # embedded Qdrant's folder lock: another process has it open
         print(
             f"cannot open the local Qdrant store: {exc} Stop `make local` first, "
@@ -124,7 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.file}: {exc}; nothing was written (--strict)", file=sys.stderr)
             return EXIT_FAILED
         except (ResponseHandlingException, UnexpectedResponse) as exc:
-            print(f"Qdrant failed: {exc}", file=sys.stderr)
+            print(
+                f"Qdrant failed: {exc}. Nothing already stored was lost (a document's old chunks "
+                "are removed only after its new ones are written); run the ingest again.",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         finally:
             client.close()

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rag.urls import redact_url  # stdlib only: safe before Powertools' defaults are set
+
 if TYPE_CHECKING:
     from rag.pipeline import Deps
     from rag.ports import TraceSink
@@ -43,6 +45,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_QDRANT_PATH = REPO / ".local" / "qdrant"
 DEFAULT_TRACE_FILE = REPO / ".local" / "traces.jsonl"
+DEFAULT_TRACE_HASH_KEY_FILE = REPO / ".local" / "trace-hash.key"
 DEFAULT_CORPUS = REPO / "sample_data" / "corpus.jsonl"
 DEFAULT_MODELS_DIR = REPO / "build" / "models"
 
@@ -152,6 +155,7 @@ def local_setup(environ: Mapping[str, str], models_dir: Path = DEFAULT_MODELS_DI
     if "QDRANT_URL" not in env:
         env.setdefault("QDRANT_PATH", str(DEFAULT_QDRANT_PATH))
     env.setdefault("TRACE_FILE", str(DEFAULT_TRACE_FILE))
+    env.setdefault("TRACE_HASH_KEY_FILE", str(DEFAULT_TRACE_HASH_KEY_FILE))
     corpus = _set(environ, "LOCAL_CORPUS")
     return LocalSetup(
         env=env,
@@ -190,7 +194,7 @@ def prepare_store(settings: Settings, setup: LocalSetup) -> StoreStatus:
     from qdrant_client import QdrantClient
 
     if settings.qdrant_url:
-        description = f"server {settings.qdrant_url}"
+        description = f"server {redact_url(settings.qdrant_url)}"
         client = QdrantClient(
             url=settings.qdrant_url,
             api_key=settings.qdrant_api_key(),
@@ -317,24 +321,15 @@ def opik_sink(env: Mapping[str, str]) -> tuple[BackgroundSink, str] | None:
         url=opik.opik_url_override, workspace=opik.opik_workspace, api_key=opik.api_key()
     )
     writer = OpikWriter(rest, project_name=opik.opik_project_name, timeout_s=opik.opik_timeout_s)
-    label = f"Opik at {opik.opik_url_override} (project {opik.opik_project_name})"
+    label = f"Opik at {redact_url(opik.opik_url_override)} (project {opik.opik_project_name})"
     return BackgroundSink(OpikEventSink(writer)), label
 
 
 def with_opik(deps: Deps, opik: TraceSink) -> Deps:
     """The production sink (sampling, redaction, JSONL file) fanned out to Opik as well."""
-    from rag.sinks import FanoutSink, JsonlTraceSink, PolicySink
+    from rag.sinks import build_sink
 
-    settings = deps.settings
-    sinks: list[TraceSink] = [opik]
-    if settings.trace_file:
-        sinks.insert(0, JsonlTraceSink(settings.trace_file))
-    policy = PolicySink(
-        FanoutSink(*sinks),
-        sample_rate=settings.trace_sample_rate,
-        redaction=settings.trace_redaction,
-    )
-    return replace(deps, sink=policy)
+    return replace(deps, sink=build_sink(deps.settings, extra=[opik]))
 
 
 # --------------------------------------------------------------------------- API Gateway's part
@@ -509,7 +504,7 @@ def llm_description(settings: Settings) -> str:
         return f"SageMaker endpoint {settings.llm_endpoint}{on}, {where}, local AWS credentials"
     if settings.llm_url:
         kind = "TGI" if settings.llm_api == "tgi" else "OpenAI-compatible server"
-        return f"{kind} at {settings.llm_url}"
+        return f"{kind} at {redact_url(settings.llm_url)}"
     return (
         "none: POST /rag answers 503 llm_not_configured (set LLM_URL=http://host:port of a TGI "
         "or OpenAI-compatible server with LLM_API=tgi|openai, or LLM_ENDPOINT=<SageMaker "

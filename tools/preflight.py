@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from rag.urls import redact_url
 from stacks.config import (
     ConfigError,
     DeploymentConfig,
@@ -587,6 +588,8 @@ def check_hub(config: ModelConfig, hub: HubClient, token: HfToken) -> list[Check
 
 def check_qdrant(client: Any, url: str) -> CheckResult:
     from qdrant_client.http.models import Distance, VectorParams
+
+    url = redact_url(url)  # only shown from here on
 
     problems: list[str] = []
     try:

@@ -3,9 +3,12 @@
 Input (DESIGN 3.3): one JSON document a line. Output (DESIGN 3.2): collections
 `embedded_{articles,posts,repositories}`, one unnamed 384-d cosine vector, payload `content`,
 `platform`, `document_id`, `author_id`, `author_full_name`, `link` (articles, repositories),
-`name` (repositories), `metadata`. Point ids are uuid5(collection, document id, chunk index), so
-ingesting the same file again overwrites instead of duplicating. Documents without an `id` get a
-uuid5 of their collection, author and content.
+`name` (repositories), `metadata`. A document is identified by (collection, platform, author,
+`id`): the same `id` from another author or platform is another document. Point ids are uuid5 of
+that identity and the chunk index, so ingesting a file again overwrites instead of duplicating,
+and the chunks a document no longer has (it got shorter) are deleted after its new chunks are
+written: a failure in between leaves old text searchable a while longer, never loses the new.
+Documents without an `id` get a uuid5 of their collection, author and content.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from qdrant_client import QdrantClient, models
 
 from rag.chunking import RULES, Chunker, DocumentKind
@@ -52,6 +56,16 @@ class Document(BaseModel):
     link: str | None = None
     name: str | None = None
 
+    @field_validator("link")
+    @classmethod
+    def _web_link(cls, value: str | None) -> str | None:
+        # The link is shown to API users as a source: no javascript:, data: or file: URLs.
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                raise ValueError("must be an http:// or https:// URL")
+        return value
+
     def document_id(self) -> str:
         return self.id or str(
             uuid.uuid5(NAMESPACE, f"{self.collection}\n{self.author_full_name}\n{self.content}")
@@ -59,6 +73,16 @@ class Document(BaseModel):
 
     def resolved_author_id(self) -> str:
         return self.author_id or str(uuid.uuid5(NAMESPACE, f"author\n{self.author_full_name}"))
+
+    def identity(self) -> tuple[str, str, str, str]:
+        """(collection, platform, author id, document id): what one document's chunks share."""
+        return (self.collection, self.platform, self.resolved_author_id(), self.document_id())
+
+    def describe(self) -> str:
+        return (
+            f"document id {self.document_id()!r} of {self.author_full_name!r} "
+            f"({self.collection}, {self.platform})"
+        )
 
 
 @dataclass(frozen=True)
@@ -111,6 +135,7 @@ def _reason(exc: ValidationError) -> str:
 def parse_lines(lines: Iterable[str]) -> ParsedLines:
     """Validate every line; blank lines are skipped, bad ones are reported by number (from 1)."""
     parsed = ParsedLines()
+    seen: dict[tuple[str, str, str, str], int] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -123,9 +148,16 @@ def parse_lines(lines: Iterable[str]) -> ParsedLines:
             parsed.errors.append(LineError(number, "not a JSON object"))
             continue
         try:
-            parsed.documents.append((number, Document.model_validate(raw)))
+            document = Document.model_validate(raw)
         except ValidationError as exc:
             parsed.errors.append(LineError(number, _reason(exc)))
+            continue
+        first = seen.setdefault(document.identity(), number)
+        if first != number:  # two texts under one id: which one wins would depend on the order
+            reason = f"{document.describe()} is already on line {first}; give each its own id"
+            parsed.errors.append(LineError(number, reason))
+            continue
+        parsed.documents.append((number, document))
     return parsed
 
 
@@ -179,7 +211,7 @@ def _chunks_of(
     rule = RULES[kind]
     pending = []
     for index, content in enumerate(chunker.chunk(kind, document.content)):
-        point_id = str(uuid.uuid5(NAMESPACE, f"{collection_name(kind)}\n{document_id}\n{index}"))
+        point_id = str(uuid.uuid5(NAMESPACE, "\n".join((*document.identity(), str(index)))))
         metadata = {"chunk_index": index, **asdict(rule), **model_metadata}
         payload = {"content": content, **base, "metadata": metadata}
         pending.append(_PendingChunk(kind, point_id, content, payload))
@@ -204,9 +236,13 @@ def ingest_documents(
     }
     counts = {collection_name(kind): CollectionCount() for kind in KINDS}
     by_kind: dict[DocumentKind, list[_PendingChunk]] = {kind: [] for kind in KINDS}
+    written: dict[DocumentKind, list[tuple[Document, list[models.ExtendedPointId]]]] = {
+        kind: [] for kind in KINDS
+    }
     for document in documents:
         chunks = _chunks_of(document, chunker, model_metadata)
         by_kind[document.collection].extend(chunks)
+        written[document.collection].append((document, [c.point_id for c in chunks]))
         count = counts[collection_name(document.collection)]
         count.documents += 1
         count.chunks += len(chunks)
@@ -228,7 +264,33 @@ def ingest_documents(
             done += len(batch)
             if progress:
                 progress(done, total)
+        for document, point_ids in written[kind]:
+            _delete_stale(client, document, point_ids)
     return counts
+
+
+def _delete_stale(
+    client: QdrantClient, document: Document, point_ids: list[models.ExtendedPointId]
+) -> None:
+    """Delete the chunks of `document` that its new version no longer has (a shorter text, or
+    points written under an earlier id scheme), after the new ones are in place."""
+    _, platform, author_id, document_id = document.identity()
+    same_document: list[models.Condition] = [
+        models.FieldCondition(key=key, match=models.MatchValue(value=value))
+        for key, value in (
+            ("document_id", document_id),
+            ("author_id", author_id),
+            ("platform", platform),
+        )
+    ]
+    stale = models.Filter(
+        must=same_document, must_not=[models.HasIdCondition(has_id=list(point_ids))]
+    )
+    client.delete(
+        collection_name(document.collection),
+        points_selector=models.FilterSelector(filter=stale),
+        wait=True,
+    )
 
 
 def ingest_lines(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -106,9 +107,8 @@ _SURROGATES = re.compile(r"[\ud800-\udfff]")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SPECIAL_TOKENS = re.compile(r"<\|[^|<>\s]{1,64}\|>|\[/?INST\]|<</?SYS>>|</?s>", re.IGNORECASE)
 _SECTION_MARKERS = re.compile(
-    r"^([ \t]*)(?=#{1,6}[ \t]*(?:instruction|response|input|context|query|question|system|user"
-    r"|assistant)\b)",
-    re.IGNORECASE | re.MULTILINE,
+    r"#+(?=[ \t]*(?:instruction|response|input|context|query|question|system|user|assistant)\b)",
+    re.IGNORECASE,
 )
 _OWN_TAGS = re.compile(r"<(?=/?(?:query|context|source)\b)", re.IGNORECASE)
 
@@ -124,27 +124,39 @@ def _cap_line(line: str) -> str:
     return line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + CUT_MARK
 
 
+def _is_visible(char: str) -> bool:
+    # Cf: zero-width and joiner characters, bidi overrides (U+202E), the tag characters
+    # U+E0000-E007F: invisible to a reader of the document, yet they reach the model.
+    return unicodedata.category(char) != "Cf"
+
+
 def sanitize_text(text: str) -> str:
     """Keep untrusted text (the query, a chunk) inside its field. Minimal on purpose:
 
-    1. CR/CRLF -> LF; lone surrogates (undecodable bytes in stored payloads) -> U+FFFD; other
-       control characters except LF and TAB are removed.
-    2. Lines longer than MAX_LINE_CHARS are cut (with CUT_MARK).
-    3. Chat special tokens (`<|eot_id|>`, `<|start_header_id|>`, `[INST]`, `<<SYS>>`, `<s>`...)
+    1. Lone surrogates (undecodable bytes in stored payloads) -> U+FFFD; then NFKC, so
+       compatibility look-alikes (no-break and ideographic spaces, fullwidth U+FF1C `<` and U+FF03 `#`) become
+       the plain characters the rules below recognise.
+    2. CR/CRLF -> LF; control characters except LF and TAB, and every format character
+       (Unicode category Cf: zero-width, bidi controls, tag characters), are removed.
+    3. Lines longer than MAX_LINE_CHARS are cut (with CUT_MARK).
+    4. Chat special tokens (`<|eot_id|>`, `<|start_header_id|>`, `[INST]`, `<<SYS>>`, `<s>`...)
        get their brackets HTML-escaped (`&lt;|eot_id|&gt;`), so no tokenizer reads them as
        special tokens.
-    4. A line that starts like a template section ("### Instruction:", "## Response", "# System"...)
-       gets a leading backslash (Markdown's escape): it can no longer open a new alpaca section.
-    5. `<query`, `<context`, `<source` (and closing forms) get `&lt;`: text cannot close its own
+    5. A run of `#` followed by a template section name ("### Instruction", "####### Response",
+       "# System"...), wherever it appears, gets a leading backslash (Markdown's escape): it can
+       no longer open a new alpaca section, at a line start or after any other text.
+    6. `<query`, `<context`, `<source` (and closing forms) get `&lt;`: text cannot close its own
        field or forge another one.
     Everything else, Markdown headings and code included, passes unchanged.
     """
-    text = _NEWLINES.sub("\n", text)
     text = _SURROGATES.sub("\ufffd", text)
+    text = unicodedata.normalize("NFKC", text)
+    text = _NEWLINES.sub("\n", text)
     text = _CONTROLS.sub("", text)
+    text = "".join(filter(_is_visible, text))
     text = "\n".join(_cap_line(line) for line in text.split("\n"))
     text = _SPECIAL_TOKENS.sub(_defang_special_token, text)
-    text = _SECTION_MARKERS.sub(lambda m: m.group(1) + "\\", text)
+    text = _SECTION_MARKERS.sub(lambda m: "\\" + m.group(0), text)
     return _OWN_TAGS.sub("&lt;", text)
 
 

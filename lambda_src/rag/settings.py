@@ -7,7 +7,10 @@ environment at import time, so tests build settings from a plain dict.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -21,9 +24,13 @@ from pydantic import (
 )
 
 from rag.budget import DEFAULT_GENERATION_TOKENS_PER_S
+from rag.urls import check_key_transport
 
 SECRET_MAX_AGE_S = 300
 """How long a Secrets Manager value is cached in the container; a rotated key is picked up after."""
+
+HASH_KEY_BYTES = 32
+"""A local hash_query key: 256 random bits (RFC 2104 asks for at least the hash output, 32 bytes)."""
 
 MAX_EXPANSION_N = 5
 """Upper bound on queries after expansion: each one costs an embedding and a search round."""
@@ -136,6 +143,10 @@ class Settings(BaseModel):
     trace_redaction: Literal["none", "hash_query", "drop_texts"] = Field(
         default="none", validation_alias="TRACE_REDACTION"
     )
+    trace_hash_key_secret: str | None = _env("TRACE_HASH_KEY_SECRET")
+    """AWS: the Secrets Manager secret (created by the stack) holding hash_query's HMAC key."""
+    trace_hash_key_file: str | None = _env("TRACE_HASH_KEY_FILE")
+    """Local mode: a key file, created (mode 0600) with a random key when missing."""
     ort_threads: int = Field(default=1, ge=1, validation_alias="ORT_THREADS")
     request_budget_s: float | None = Field(default=None, gt=0, validation_alias="REQUEST_BUDGET_S")
     """Time a request may take end to end (the Lambda sets it just under its timeout); the
@@ -179,6 +190,12 @@ class Settings(BaseModel):
             raise ValueError("must look like s3://bucket/key.zip")
         return value
 
+    @model_validator(mode="after")
+    def _key_over_tls(self) -> Settings:
+        if self.qdrant_url and (self.qdrant_api_key_secret or self.qdrant_api_key_local):
+            check_key_transport(self.qdrant_url, what="QDRANT_URL")
+        return self
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Settings from an environment mapping; empty values count as unset."""
@@ -201,6 +218,35 @@ class Settings(BaseModel):
         if self.qdrant_api_key_local is not None:
             return self.qdrant_api_key_local.get_secret_value()
         return None
+
+    def trace_hash_key(self, fetch_secret: Callable[[str], str] | None = None) -> bytes | None:
+        """hash_query's HMAC key (None for the other modes): the TRACE_HASH_KEY_SECRET secret
+        (cached for SECRET_MAX_AGE_S), else the TRACE_HASH_KEY_FILE file. Never log it."""
+        if self.trace_redaction != "hash_query":
+            return None
+        if self.trace_hash_key_secret:
+            fetch = fetch_secret or _powertools_secret
+            return fetch(self.trace_hash_key_secret).strip().encode("utf-8")
+        if self.trace_hash_key_file:
+            return _key_file(Path(self.trace_hash_key_file))
+        raise SettingsError(
+            "TRACE_REDACTION=hash_query needs a key: TRACE_HASH_KEY_SECRET (a Secrets Manager "
+            "secret, as the stack sets) or TRACE_HASH_KEY_FILE (local mode)"
+        )
+
+
+def _key_file(path: Path) -> bytes:
+    """The key in `path`, created first when missing: O_EXCL so two processes starting at once
+    cannot both write one, mode 0600 from the start so the key is never readable by others."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(descriptor, "w", encoding="ascii") as file:
+            file.write(secrets.token_hex(HASH_KEY_BYTES) + "\n")
+    return path.read_bytes().strip()
 
 
 def _powertools_secret(name: str) -> str:
@@ -230,5 +276,5 @@ def _describe(exc: ValidationError) -> str:
         message = (
             str(ctx["error"]) if err["type"] == "value_error" and "error" in ctx else err["msg"]
         )
-        parts.append(f"{loc}: {message}")
+        parts.append(f"{loc}: {message}" if loc else message)
     return "; ".join(parts)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import hmac
 import json
 import random
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from botocore.config import Config
 
 from rag.budget import SQS_CONNECT_TIMEOUT_S, SQS_MAX_ATTEMPTS, SQS_READ_TIMEOUT_S
 from rag.ports import TraceSink
+from rag.settings import Settings
 
 SQS_MAX_MESSAGE_BYTES = 1_048_576
 """SQS's largest message body, 1 MiB (raised from 256 KiB): "More room to build: serverless
@@ -46,7 +48,9 @@ SPAN_KEYS = ("input", "output")
 PROMPT_FIELDS = (("prompt", "output"), ("generate", "input"))
 """(span name, field) pairs that hold the assembled prompt."""
 ANSWER_FIELDS = (("generate", "output"),)
-QUERY_KEYS = frozenset({"query", "queries", "expanded_queries"})
+REDACTED_PARTS = ("input", "output", "metadata")
+"""Parts of the event and of each span that redaction walks; names, times, usage, tags and error
+codes/messages (the project's own words, never the request's text) are left as they are."""
 KEPT_TEXT_KEYS = frozenset(
     {
         "id",
@@ -56,17 +60,33 @@ KEPT_TEXT_KEYS = frozenset(
         "collections",
         "platform",
         "link",
-        "author",
-        "author_full_name",
         "model",
         "model_id",
+        "model_revision",
+        "embedding_model",
+        "reranker_model",
+        "endpoint",
+        "inference_component",
         "finish_reason",
         "code",
         "prompt_format",
+        "role",
+        "author_source",
+        "fallbacks",
+        "warnings",
+        "counter",
+        "stop",
+        "dropped_ids",
+        "cut_id",
+        "redaction",
+        "trimmed",
     }
 )
-"""drop_texts keeps string values only under these keys (ids, labels, filters): fail closed,
-so a text field added later is dropped rather than leaked."""
+"""Redaction keeps string values only under these keys: ids, labels and the project's own notes,
+none of which holds the user's words. Fail closed: a text field added later is redacted rather
+than leaked. Person names (`author`, `author_full_name`, `author_filter`) are not kept: the
+filter comes from the request or from the query (self-query), so it is the user's data."""
+HASH_PREFIX = "hmac-sha256:"
 
 _Path = tuple[str | int, ...]
 
@@ -203,6 +223,7 @@ class PolicySink:
         *,
         sample_rate: float,
         redaction: Redaction,
+        hash_key: bytes | None = None,
         rng: random.Random | None = None,
         count_metric: MetricCallback | None = None,
     ) -> None:
@@ -210,6 +231,9 @@ class PolicySink:
             raise ValueError(f"sample_rate must be within 0..1, got {sample_rate}")
         if redaction not in ("none", "hash_query", "drop_texts"):
             raise ValueError(f"redaction must be none, hash_query or drop_texts, got {redaction!r}")
+        if redaction == "hash_query" and not hash_key:
+            raise ValueError("redaction hash_query needs a hash key")
+        self._key = hash_key
         self.inner = inner
         self.sample_rate = sample_rate
         self.redaction = redaction
@@ -228,35 +252,34 @@ class PolicySink:
         metadata["sample_rate"] = self.sample_rate
         if self.redaction != "none":
             metadata["redaction"] = self.redaction
-        if self.redaction == "hash_query":
-            hash_query(out)
-        elif self.redaction == "drop_texts":
-            drop_texts(out)
+        redact(out, self.redaction, self._key)
         self.inner.send(out)
 
 
 def build_sink(
+    settings: Settings,
     *,
-    queue_url: str | None,
-    trace_file: str | None,
-    sample_rate: float,
-    redaction: Redaction,
+    extra: Sequence[TraceSink] = (),
     sqs_client: Any = None,
+    fetch_secret: Callable[[str], str] | None = None,
 ) -> TraceSink:
-    """The sink the settings ask for: SQS in AWS, a JSONL file locally, both if both are set."""
+    """The sink the settings ask for: SQS in AWS, a JSONL file locally, both if both are set, plus
+    `extra` sinks (local mode: Opik direct), all behind one sampling and redaction policy."""
     sinks: list[TraceSink] = []
-    if queue_url:
-        sinks.append(SqsTraceSink(queue_url, client=sqs_client))
-    if trace_file:
-        sinks.append(JsonlTraceSink(trace_file))
-    inner: TraceSink
-    if not sinks:
-        inner = _DiscardSink()
-    elif len(sinks) == 1:
-        inner = sinks[0]
-    else:
-        inner = FanoutSink(*sinks)
-    return PolicySink(inner, sample_rate=sample_rate, redaction=redaction)
+    if settings.trace_queue_url:
+        sinks.append(SqsTraceSink(settings.trace_queue_url, client=sqs_client))
+    if settings.trace_file:
+        sinks.append(JsonlTraceSink(settings.trace_file))
+    sinks.extend(extra)
+    if not sinks:  # traces off (e.g. deployed without Opik): nothing to redact, no key to read
+        return _DiscardSink()
+    inner: TraceSink = sinks[0] if len(sinks) == 1 else FanoutSink(*sinks)
+    return PolicySink(
+        inner,
+        sample_rate=settings.trace_sample_rate,
+        redaction=settings.trace_redaction,
+        hash_key=settings.trace_hash_key(fetch_secret),
+    )
 
 
 class _DiscardSink:
@@ -408,62 +431,45 @@ def _has_error(event: Mapping[str, Any]) -> bool:
     return any(span.get("error") for span in event.get("spans") or [])
 
 
-def query_digest(query: str) -> str:
-    return "sha256:" + hashlib.sha256(query.encode("utf-8")).hexdigest()
+def keyed_digest(key: bytes, text: str) -> str:
+    """HMAC-SHA256 of `text` under `key`: equal texts group together, and without the key a
+    short or common query cannot be guessed back from its digest (a plain hash could be)."""
+    return HASH_PREFIX + hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def hash_query(event: dict[str, Any]) -> None:
-    """Replace the user's query with its sha256 in the input and in every span input.
-
-    Values under query keys (`query`, `queries`, `expanded_queries`) are hashed one by one (the
-    expanded queries are paraphrases of the user's words); any other string that contains the
-    query verbatim, such as an assembled prompt, has that occurrence replaced by the digest.
-    """
-    request_input = event.get("input") or {}
-    query = request_input.get("query")
-    if not isinstance(query, str) or not query:
+def redact(event: dict[str, Any], redaction: Redaction, key: bytes | None = None) -> None:
+    """Redact, in place, every text of the event's and spans' input, output and metadata that is
+    not under a `KEPT_TEXT_KEYS` key: hash_query replaces it with its keyed digest (`key`
+    required), drop_texts removes it. Numbers, booleans, ids, scores and timings stay."""
+    if redaction == "none":
         return
-    digest = query_digest(query)
-    event["input"] = _hash_in(request_input, query, digest)
-    for span in event.get("spans") or []:
-        if "input" in span:
-            span["input"] = _hash_in(span["input"], query, digest)
+    if redaction == "hash_query":
+        if not key:
+            raise ValueError("hash_query needs a key")
+        secret = key
+
+        def replace(text: str) -> str | None:
+            return keyed_digest(secret, text)
+
+    else:
+
+        def replace(text: str) -> str | None:
+            return None
+
+    for part in (event, *(event.get("spans") or [])):
+        for name in REDACTED_PARTS:
+            if part.get(name) is not None:
+                part[name] = _redact_in(part[name], replace)
 
 
-def _hash_in(value: Any, query: str, digest: str, *, under_query_key: bool = False) -> Any:
+def _redact_in(value: Any, replace: Callable[[str], str | None], key: str | None = None) -> Any:
     if isinstance(value, str):
-        if under_query_key:
-            return digest if value == query else query_digest(value)
-        return value.replace(query, digest)
+        return value if key in KEPT_TEXT_KEYS else replace(value)
     if isinstance(value, dict):
-        return {
-            key: _hash_in(item, query, digest, under_query_key=key in QUERY_KEYS)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_hash_in(item, query, digest, under_query_key=under_query_key) for item in value]
-    return value
-
-
-def drop_texts(event: dict[str, Any]) -> None:
-    """Remove query, context, prompt and answer texts; keep ids, scores, timings and usage."""
-    for key in ("input", "output"):
-        if key in event:
-            event[key] = _drop_in(event[key])
-    for span in event.get("spans") or []:
-        for key in SPAN_KEYS:
-            if key in span:
-                span[key] = _drop_in(span[key])
-
-
-def _drop_in(value: Any, key: str | None = None) -> Any:
-    if isinstance(value, str):
-        return value if key in KEPT_TEXT_KEYS else None
-    if isinstance(value, dict):
-        kept = {k: _drop_in(item, k) for k, item in value.items()}
+        kept = {k: _redact_in(item, replace, k) for k, item in value.items()}
         return {k: item for k, item in kept.items() if item is not None or value[k] is None}
     if isinstance(value, list):
-        items = [_drop_in(item, key) for item in value]
+        items = [_redact_in(item, replace, key) for item in value]
         return [item for item in items if item is not None]
     return value
 

@@ -86,12 +86,7 @@ def _build_clients(settings: Settings) -> tuple[VectorStore, LLM | None, TraceSi
         read_timeout_s=settings.llm_read_timeout_s,
         model=settings.model_profile.model_id,
     )
-    sink = build_sink(
-        queue_url=settings.trace_queue_url,
-        trace_file=settings.trace_file,
-        sample_rate=settings.trace_sample_rate,
-        redaction=settings.trace_redaction,
-    )
+    sink = build_sink(settings)
     return store, llm, sink
 
 

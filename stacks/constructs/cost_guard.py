@@ -34,6 +34,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from stacks.config import DeploymentConfig, ModelConfig
+from stacks.constructs.monitoring import allow_publishing_service
 from stacks.nag import acknowledge, rendered
 
 NAMESPACE = "AWS/SageMaker"
@@ -237,6 +238,7 @@ class CostGuard(Construct):
                 conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
             )
         )
+        allow_publishing_service(topic, "budgets.amazonaws.com")
         subscribers = [
             budgets.CfnBudget.SubscriberProperty(subscription_type="SNS", address=topic.topic_arn)
         ]

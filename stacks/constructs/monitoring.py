@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import Duration
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
@@ -16,13 +18,25 @@ from constructs import Construct
 
 from stacks.config import DeploymentConfig
 from stacks.constructs.tgi_endpoint import VARIANT_NAME, TgiEndpointRef
-from stacks.nag import acknowledge
 
 PERIOD = Duration.minutes(5)
 API_5XX_RATE = 0.05  # share of requests
 API_P99_LATENCY_MS = 25_000  # close to the 29 s gateway timeout
 TRACE_AGE_ALARM_S = 15 * 60
 GPU_MEMORY_ALARM_PERCENT = 95
+
+
+def allow_publishing_service(topic: sns.ITopic, service: str) -> None:
+    """Let an AWS service publish to `topic` when it is encrypted: SNS needs the publisher to be
+    able to use the topic's key (kms:GenerateDataKey*, kms:Decrypt)."""
+    if topic.master_key is not None:
+        topic.master_key.add_to_resource_policy(
+            iam.PolicyStatement(
+                principals=[iam.ServicePrincipal(service)],
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=["*"],  # in a key policy, "*" is this key
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -51,19 +65,24 @@ class Monitoring(Construct):
         deployment: DeploymentConfig,
     ):
         super().__init__(scope, construct_id)
+        # A customer-managed key: the AWS-managed SNS key's policy cannot let CloudWatch (or
+        # Budgets, cost_guard) publish, and an unencrypted topic fails AwsSolutions-SNS2.
+        self.key = kms.Key(
+            self,
+            "AlarmsKey",
+            description=f"{deployment.project}: encrypts the alarm topic",
+            enable_key_rotation=True,
+            pending_window=Duration.days(7),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
         self.topic = sns.Topic(
             self,
             "Alarms",
             topic_name=f"{deployment.project}-alarms",
             enforce_ssl=True,
+            master_key=self.key,
         )
-        acknowledge(
-            self.topic,
-            "AwsSolutions-SNS2",
-            "Alarm notifications carry alarm names and states only; server-side encryption with "
-            "the AWS-managed key would stop CloudWatch from publishing, and a customer key costs "
-            "more than the data is worth.",
-        )
+        allow_publishing_service(self.topic, "cloudwatch.amazonaws.com")
         if deployment.alarm_email:
             self.topic.add_subscription(subscriptions.EmailSubscription(deployment.alarm_email))
         self.alarms: dict[str, cloudwatch.Alarm] = {}

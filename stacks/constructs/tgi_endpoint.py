@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from aws_cdk import CfnMapping, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, CfnMapping, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
@@ -23,6 +24,7 @@ from constructs import Construct
 
 from stacks import tgi_image
 from stacks.config import ModelConfig
+from stacks.nag import acknowledge, rendered
 
 VARIANT_NAME = "AllTraffic"
 LOG_RETENTION = logs.RetentionDays.ONE_MONTH
@@ -139,7 +141,7 @@ class TgiEndpoint(Construct):
             "Model",
             execution_role_arn=self.role.role_arn,
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
-                image=image, environment=environment
+                image=image, environment=environment, model_data_source=self._staged_weights()
             ),
         )
         # SageMaker checks the role can pull the image when it creates the model: policy first.
@@ -275,6 +277,43 @@ class TgiEndpoint(Construct):
             )
         )
         return role
+
+    def _staged_weights(self) -> sagemaker.CfnModel.ModelDataSourceProperty | None:
+        """Weights copied to S3 by `make stage-weights`: SageMaker puts every object under the
+        prefix into /opt/ml/model before TGI starts; the role may read that prefix only."""
+        prefix = self.config.weights_s3_prefix
+        if prefix is None:
+            return None
+        parts = urlsplit(prefix)
+        bucket, key_prefix = parts.netloc, parts.path.lstrip("/")
+        stack = Stack.of(self)
+        objects = stack.format_arn(
+            service="s3",
+            region="",
+            account="",
+            resource=bucket,
+            resource_name=f"{key_prefix}*",
+            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+        )
+        self.role.add_to_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[objects]))
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[stack.format_arn(service="s3", region="", account="", resource=bucket)],
+                conditions={"StringLike": {"s3:prefix": [f"{key_prefix}*"]}},
+            )
+        )
+        acknowledge(
+            self.role.node.find_child("DefaultPolicy"),
+            f"AwsSolutions-IAM5[Resource::{rendered(self, objects)}]",
+            "SageMaker copies every object under the staged weights' prefix (one model at one "
+            "commit, file names chosen by the Hub repo) into the container; nothing else.",
+        )
+        return sagemaker.CfnModel.ModelDataSourceProperty(
+            s3_data_source=sagemaker.CfnModel.S3DataSourceProperty(
+                s3_uri=prefix, s3_data_type="S3Prefix", compression_type="None"
+            )
+        )
 
     def _scaling(self, component: sagemaker.CfnInferenceComponent) -> None:
         scaling = self.config.scaling

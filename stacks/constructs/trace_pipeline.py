@@ -6,6 +6,7 @@ A message that fails MAX_RECEIVES times goes to the dead-letter queue; nothing i
 from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
@@ -26,6 +27,9 @@ VISIBILITY_TIMEOUT = Duration.seconds(6 * 60)
 RETENTION = Duration.days(14)
 FORWARDER_MEMORY_MB = 512
 OPIK_TIMEOUT_S = 10
+HASH_KEY_CHARS = 64
+"""hash_query's HMAC key: 64 random letters and digits, about 380 bits (RFC 2104 asks for at
+least the hash output, 256 bits for SHA-256)."""
 
 FORWARDER_BUNDLE = PythonBundle(
     requirements=LAMBDA_SRC / "requirements-forwarder.txt",
@@ -110,3 +114,30 @@ class TracePipeline(Construct):
         )
         if self.opik_secret is not None:
             self.opik_secret.grant_read(function)
+
+        # Only hash_query uses a key; the other modes create none.
+        self.hash_key_secret: secretsmanager.Secret | None = None
+        if deployment.trace_redaction == "hash_query":
+            self.hash_key_secret = secretsmanager.Secret(
+                self,
+                "HashKey",
+                secret_name=f"{project}/trace-hash-key",
+                description="HMAC key of TRACE_REDACTION=hash_query (generated, never shown)",
+                generate_secret_string=secretsmanager.SecretStringGenerator(
+                    password_length=HASH_KEY_CHARS, exclude_punctuation=True
+                ),
+                removal_policy=RemovalPolicy.DESTROY,
+            )
+            acknowledge(
+                self.hash_key_secret,
+                "AwsSolutions-SMG4",
+                "Rotating the trace hashing key would make digests before and after the rotation "
+                "incomparable; replace it on purpose (a new value), not on a schedule.",
+            )
+
+    def grant_redaction_key(self, function: lambda_.Function) -> None:
+        """Let `function` read hash_query's key (exactly that secret) and tell it where it is."""
+        if self.hash_key_secret is None:
+            return
+        function.add_environment("TRACE_HASH_KEY_SECRET", self.hash_key_secret.secret_arn)
+        self.hash_key_secret.grant_read(function)

@@ -3,7 +3,10 @@
 Routes (as on huggingface.co):
 - `GET /api/models/{repo}/revision/{rev}[?blobs=true]`: the model JSON (`sha`, `gated`, `siblings`,
   `safetensors` {parameters, total}, `config`).
-- `GET /{repo}/resolve/{rev}/config.json`: the file.
+- `GET /{repo}/resolve/{rev}/{file}`: `config.json`, or a weight shard. Each file's `blobId` is its
+  git blob id and each shard's `lfs.sha256` the sha256 of the bytes served, as on the Hub, so a
+  client can verify what it downloads. (Shard bytes are a short stand-in: give a repo
+  `shard_sizes` of SHARD_STAND_IN_BYTES to download it whole.)
 Errors carry the Hub's `X-Error-Code` header (RepoNotFound, RevisionNotFound, GatedRepo), which is
 how `huggingface_hub` maps them to its exception types. Like the real Hub, a gated repo's metadata is
 public; only its files need a token whose account accepted the licence.
@@ -29,6 +32,15 @@ def fake_sha(text: str) -> str:
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
 
+def git_blob_id(data: bytes) -> str:
+    """The id git gives a file's content: sha1 of `blob <size>\\0` + the bytes."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+SHARD_STAND_IN_BYTES = 41
+"""Length of a served shard: the ASCII of `<commit sha><shard number>` (shards 1-9)."""
+
+
 @dataclass
 class FakeRepo:
     repo_id: str
@@ -47,13 +59,27 @@ class FakeRepo:
             return self.branches[revision]
         return revision if revision in self.branches.values() else None
 
+    def config_bytes(self) -> bytes:
+        return json.dumps(self.config).encode()
+
+    def shard_name(self, i: int) -> str:
+        return f"model-{i:05d}-of-{len(self.shard_sizes):05d}.safetensors"
+
+    def file_bytes(self, sha: str, name: str) -> bytes | None:
+        if name == "config.json":
+            return self.config_bytes()
+        for i in range(1, len(self.shard_sizes) + 1):
+            if name == self.shard_name(i):
+                return f"{sha}{i}".encode()
+        return None
+
     def info_json(self, sha: str) -> dict[str, Any]:
-        shards = len(self.shard_sizes)
+        config = self.config_bytes()
         siblings: list[dict[str, Any]] = [
-            {"rfilename": "config.json", "blobId": fake_sha(sha + "config"), "size": 900},
+            {"rfilename": "config.json", "blobId": git_blob_id(config), "size": len(config)},
             *(
                 {
-                    "rfilename": f"model-{i:05d}-of-{shards:05d}.safetensors",
+                    "rfilename": self.shard_name(i),
                     "blobId": fake_sha(f"{sha}{i}"),
                     "size": size,
                     "lfs": {
@@ -224,9 +250,11 @@ class FakeHub:
                 {"X-Error-Code": "GatedRepo", "X-Error-Message": message},
                 {"error": message},
             )
-        if file != "config.json":
+        content = repo.file_bytes(sha, file)
+        if content is None:
             return 404, {"X-Error-Code": "EntryNotFound"}, {"error": "Entry not found"}
-        return 200, {"X-Repo-Commit": sha, "ETag": f'"{fake_sha(sha + file)}"'}, repo.config
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{fake_sha(sha + file)}"'}
+        return 200, headers, repo.config if file == "config.json" else content
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
@@ -235,9 +263,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             status, headers, body = hub.handle(
                 urlparse(self.path).path, self.headers.get("Authorization")
             )
-            payload = json.dumps(body).encode()
+            raw = isinstance(body, bytes)
+            payload = body if raw else json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header(
+                "Content-Type", "application/octet-stream" if raw else "application/json"
+            )
             self.send_header("Content-Length", str(len(payload)))
             for key, value in headers.items():
                 self.send_header(key, value)

@@ -288,8 +288,8 @@ def test_every_method_streams_through_the_response_streaming_invocation(synth):
         for m in resources(template, "AWS::ApiGateway::Method")
         if m["Properties"]["Integration"]["Type"] != "MOCK"  # CORS preflight answers itself
     ]
-    # POST + ANY on /rag and /retrieve, GET + ANY on /health, ANY on {proxy+}
-    assert len(methods) == 7
+    # POST + ANY on /rag and /retrieve, GET + ANY on /health, ANY on {proxy+} and on the root
+    assert len(methods) == 8
     for method in methods:
         integration = method["Integration"]
         assert integration["Type"] == "AWS_PROXY"
@@ -315,7 +315,9 @@ def test_the_business_lambda_runs_the_app_behind_the_web_adapter(synth):
     assert ":753240598075:layer:LambdaAdapterLayerX86:25" in json.dumps(layer)
     assert {"Ref": "AWS::Region"} in layer["Fn::Join"][1]
     # The forwarder is a plain Python handler: no adapter
-    forwarder = next(f for name, f in _functions(synth()["api"]).items() if name != "llm-twin-rag")
+    forwarder = next(
+        f for name, f in _functions(synth(**OPIK)["api"]).items() if name != "llm-twin-rag"
+    )
     assert "Layers" not in forwarder
     assert "AWS_LAMBDA_EXEC_WRAPPER" not in forwarder["Environment"]["Variables"]
 
@@ -331,3 +333,72 @@ def test_api_gateway_may_invoke_the_function_with_a_stream(synth):
     ]
     assert permissions
     assert {p["Action"] for p in permissions} == {"lambda:InvokeFunction"}
+
+
+def test_hash_query_keys_its_digests_with_a_generated_secret_only_the_business_lambda_reads(synth):
+    """hash_query's HMAC key is a Secrets Manager secret the stack generates
+    (AWS::SecretsManager::Secret GenerateSecretString, https://docs.aws.amazon.com/
+    AWSCloudFormation/latest/UserGuide/aws-properties-secretsmanager-secret-generatesecretstring.html),
+    so the value is never in the template; the Lambda reads it at run time (GetSecretValue on
+    exactly that secret) and gets only its ARN in the environment."""
+    template = synth(trace_redaction="hash_query", **OPIK)["api"]
+    env = _functions(template)["llm-twin-rag"]["Environment"]["Variables"]
+    secrets = {
+        logical_id: res
+        for logical_id, res in template["Resources"].items()
+        if res["Type"] == "AWS::SecretsManager::Secret"
+        and "GenerateSecretString" in res["Properties"]
+        and "trace" in res["Properties"].get("Name", "")
+    }
+    [(secret_id, secret)] = secrets.items()
+    assert env["TRACE_HASH_KEY_SECRET"] == {"Ref": secret_id}  # the ARN, not a value
+    assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] >= 32
+    readers = [
+        s
+        for s in _policy_of(template, "llm-twin-rag")
+        if "secretsmanager:GetSecretValue" in as_list(s["Action"])
+    ]
+    assert {"Ref": secret_id} in [r for s in readers for r in as_list(s["Resource"])]
+    # And no other function may read it, and without hash_query there is no key at all
+    for name in _functions(template):
+        if name != "llm-twin-rag":
+            assert secret_id not in json.dumps(_policy_of(template, name))
+    for plain in (synth(**OPIK)["api"], synth(trace_redaction="hash_query")["api"]):
+        env = _functions(plain)["llm-twin-rag"]["Environment"]["Variables"]
+        assert "TRACE_HASH_KEY_SECRET" not in env
+        assert not [
+            r
+            for r in resources(plain, "AWS::SecretsManager::Secret")
+            if "trace" in r["Properties"].get("Name", "")
+        ]
+
+
+def _key_statements_for(template, service):
+    [key] = resources(template, "AWS::KMS::Key")
+    return key, [
+        s
+        for s in key["Properties"]["KeyPolicy"]["Statement"]
+        # @aws-cdk/aws-iam:minimizePolicies merges services that share actions into one statement
+        if service in as_list(s.get("Principal", {}).get("Service", [])) and s["Effect"] == "Allow"
+    ]
+
+
+def test_alarm_topic_is_encrypted_with_a_customer_key_cloudwatch_and_budgets_may_use(synth):
+    """SNS encrypts a topic's messages with the KMS key named in KmsMasterKeyId, and AWS services
+    that publish to an encrypted topic need kms:GenerateDataKey* and kms:Decrypt on that key in
+    its key policy; the AWS-managed key's policy cannot be changed, so CloudWatch alarms (and
+    Budgets) need a customer-managed key ("Enable compatibility between event sources from AWS
+    services and encrypted topics",
+    https://docs.aws.amazon.com/sns/latest/dg/sns-key-management.html#compatibility-with-aws-services)."""
+    template = synth(monthly_budget_usd="100")["api"]
+    topic = one(template, "AWS::SNS::Topic")
+    key, cloudwatch = _key_statements_for(template, "cloudwatch.amazonaws.com")
+    key_ids = [logical_id for logical_id, r in template["Resources"].items() if r is key]
+    assert topic["KmsMasterKeyId"] == {"Fn::GetAtt": [key_ids[0], "Arn"]}
+    assert key["Properties"]["EnableKeyRotation"] is True
+    for statements in (cloudwatch, _key_statements_for(template, "budgets.amazonaws.com")[1]):
+        actions = {a for s in statements for a in as_list(s["Action"])}
+        assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= actions
+        assert not actions - {"kms:Decrypt", "kms:GenerateDataKey*"}
+    # And without a budget, Budgets gets nothing
+    assert _key_statements_for(synth()["api"], "budgets.amazonaws.com")[1] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pytest
 
@@ -271,3 +272,79 @@ def test_execution_role_writes_only_to_the_inference_component_log_group(synth):
         if v["Type"] == "AWS::SageMaker::InferenceComponent"
     ]
     assert group_id in component["DependsOn"]
+
+
+def _staged_endpoint_template(**overrides):
+    import aws_cdk as cdk
+    from aws_cdk.assertions import Template
+    from cdk_nag import AwsSolutionsChecks
+
+    from stacks.config import ModelConfig, load_model_config
+    from stacks.constructs.tgi_endpoint import TgiEndpoint
+    from stacks.endpoint_stack import _acknowledge as acknowledge_endpoint
+
+    fields = {
+        **load_model_config("llama-3.1-8b-instruct").model_dump(),
+        "hf_revision": "0e9e39f249a16976918f6564b8830bc894c89659",
+        "hf_token_secret_name": None,
+        "weights_s3_uri": "s3://acme-weights/llm",
+        **overrides,
+    }
+    app = cdk.App(outdir=tempfile.mkdtemp())
+    stack = cdk.Stack(app, "Staged")
+    endpoint = TgiEndpoint(
+        stack, "Endpoint", config=ModelConfig.model_validate(fields), project="llm-twin"
+    )
+    acknowledge_endpoint(endpoint)  # the endpoint stack's acknowledgements, as in the app
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    app.synth()  # an unacknowledged cdk-nag finding raises here
+    return Template.from_stack(stack).to_json()
+
+
+def test_staged_weights_load_from_s3_with_no_token_and_read_only_their_prefix():
+    """Weights staged by `make stage-weights` load through ModelDataSource.S3DataSource with
+    S3DataType S3Prefix and CompressionType None: SageMaker copies every object under the prefix
+    to /opt/ml/model, keeping the key's remainder as the path
+    (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_S3ModelDataSource.html;
+    https://docs.aws.amazon.com/sagemaker/latest/dg/large-model-inference-uncompressed.html), with
+    the execution role's permissions. TGI's SageMaker entrypoint hands HF_MODEL_ID to the launcher
+    as its model id (huggingface/text-generation-inference `sagemaker-entrypoint.sh`), and a local
+    folder is a valid model id, so HF_MODEL_ID=/opt/ml/model and no revision, no token: nothing
+    secret is in the environment DescribeModel returns."""
+    template = _staged_endpoint_template()
+    model = one(template, "AWS::SageMaker::Model")["PrimaryContainer"]
+    assert model["ModelDataSource"] == {
+        "S3DataSource": {
+            "S3Uri": "s3://acme-weights/llm/meta-llama/Llama-3.1-8B-Instruct/"
+            "0e9e39f249a16976918f6564b8830bc894c89659/",
+            "S3DataType": "S3Prefix",
+            "CompressionType": "None",
+        }
+    }
+    assert model["Environment"]["HF_MODEL_ID"] == "/opt/ml/model"
+    assert "HF_MODEL_REVISION" not in model["Environment"]
+    assert "HF_TOKEN" not in model["Environment"]
+    # And the execution role reads exactly that prefix: objects under it, and a listing of it
+    prefix_key = "llm/meta-llama/Llama-3.1-8B-Instruct/0e9e39f249a16976918f6564b8830bc894c89659/"
+    s3 = [s for s in statements(template) if any(a.startswith("s3:") for a in as_list(s["Action"]))]
+    get = [s for s in s3 if as_list(s["Action"]) == ["s3:GetObject"]]
+    [read] = get
+    assert json.dumps(read["Resource"]).endswith(f':s3:::acme-weights/{prefix_key}*"]]}}')
+    [listing] = [s for s in s3 if as_list(s["Action"]) == ["s3:ListBucket"]]
+    assert json.dumps(listing["Resource"]).endswith(':s3:::acme-weights"]]}')
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{prefix_key}*"]}}
+    assert all("s3:*" not in as_list(s["Action"]) for s in s3)
+    assert len(s3) == 2
+
+
+def test_hub_weights_get_no_s3_access():
+    template = synth_default_endpoint()
+    assert not [
+        s for s in statements(template) if any(a.startswith("s3:") for a in as_list(s["Action"]))
+    ]
+
+
+def synth_default_endpoint():
+    from tests.conftest import synth_templates
+
+    return synth_templates()["endpoint"]

@@ -272,3 +272,128 @@ def test_cli_names_an_unreadable_file(
     code = ingest_cli([str(missing), "--embedding-model-dir", str(tiny_embedder_dir)])
     assert code == 2
     assert f"cannot read {missing}" in capsys.readouterr().err
+
+
+# --- re-ingest replaces a document; ids of different authors never collide ---------------------
+
+
+def _contents(client: QdrantClient, collection: str, **match: str) -> list[str]:
+    conditions = [
+        models.FieldCondition(key=key, match=models.MatchValue(value=value))
+        for key, value in match.items()
+    ]
+    records, _ = client.scroll(
+        collection, scroll_filter=models.Filter(must=conditions), limit=10_000
+    )
+    return [str((r.payload or {})["content"]) for r in records]
+
+
+def test_re_ingesting_a_shorter_document_removes_its_old_tail(
+    client: RecordingClient, embedder: OnnxEmbedder, chunker: Chunker
+) -> None:
+    # Given an article ingested in full, then edited by its author down to its first sentence
+    ingest_lines(_lines(DOCUMENTS[:1]), client=client, embedder=embedder, chunker=chunker)
+    before = _contents(client, "embedded_articles", document_id="a1")
+    shorter = {**DOCUMENTS[0], "content": "Paul kept only this sentence."}
+
+    # When the edited version is ingested
+    ingest_lines(_lines([shorter]), client=client, embedder=embedder, chunker=chunker)
+
+    # Then the document is exactly its new text: the removed sentences are not searchable
+    assert len(before) > 1
+    assert _contents(client, "embedded_articles", document_id="a1") == [shorter["content"]]
+    assert "sentence 39" not in json.dumps(_payloads(client, "embedded_articles"))
+
+
+def test_the_same_id_from_another_author_is_another_document(
+    client: RecordingClient, embedder: OnnxEmbedder, chunker: Chunker
+) -> None:
+    # Given two authors whose exports both number their posts from 1 (one as a JSON number)
+    first = {
+        "collection": "posts",
+        "id": 1,
+        "content": "Alice on RAG.",
+        "author_full_name": "Alice",
+        "platform": "x",
+    }
+    second = {**first, "id": "1", "content": "Bob on agents.", "author_full_name": "Bob"}
+
+    # When both are ingested, in one file and then again in separate runs
+    ingest_lines(_lines([first, second]), client=client, embedder=embedder, chunker=chunker)
+    ingest_lines(_lines([second]), client=client, embedder=embedder, chunker=chunker)
+
+    # Then each keeps its own chunk: neither overwrote nor deleted the other
+    assert sorted(_contents(client, "embedded_posts")) == ["Alice on RAG.", "Bob on agents."]
+
+
+def test_the_same_document_twice_in_one_file_is_refused_naming_both_lines(
+    client: RecordingClient, embedder: OnnxEmbedder, chunker: Chunker
+) -> None:
+    # Given one author's document id on two lines with different texts
+    again = {**DOCUMENTS[0], "content": "another text under the same id"}
+
+    # When ingested
+    report = ingest_lines(
+        _lines([DOCUMENTS[0], again]), client=client, embedder=embedder, chunker=chunker
+    )
+
+    # Then the second line is refused with both line numbers, and the first one landed whole
+    [error] = report.bad_lines
+    assert error.line == 2
+    assert "line 1" in error.reason and "a1" in error.reason
+    assert "another text" not in json.dumps(_payloads(client, "embedded_articles"))
+
+
+class FailingDeleteClient(RecordingClient):
+    failing = False
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failing:
+            raise RuntimeError("Qdrant went away")
+        return super().delete(*args, **kwargs)
+
+
+def test_a_failure_while_replacing_a_document_loses_nothing(
+    embedder: OnnxEmbedder, chunker: Chunker
+) -> None:
+    # Given a stored article and a Qdrant that fails after the new chunks were written
+    client = FailingDeleteClient()
+    ingest_lines(_lines(DOCUMENTS[:1]), client=client, embedder=embedder, chunker=chunker)
+    shorter = {**DOCUMENTS[0], "content": "Paul kept only this sentence."}
+
+    # When the edited version is ingested and the clean-up fails
+    client.failing = True
+    with pytest.raises(RuntimeError):
+        ingest_lines(_lines([shorter]), client=client, embedder=embedder, chunker=chunker)
+
+    # Then the new text is searchable and no chunk vanished (the stale tail waits for a retry)
+    contents = _contents(client, "embedded_articles", document_id="a1")
+    assert shorter["content"] in contents and len(contents) > 1
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "link", ["javascript:alert(1)", "file:///etc/passwd", "data:,x", "ftp://h/x"]
+)
+def test_links_other_than_http_or_https_are_refused(link: str) -> None:
+    parsed = parse_lines([json.dumps({**DOCUMENTS[0], "link": link})])
+    [error] = parsed.errors
+    assert "link" in error.reason and "http" in error.reason
+    assert parse_lines([json.dumps({**DOCUMENTS[0], "link": "HTTPS://ok.example/x"})]).documents
+
+
+def test_cli_refuses_to_send_a_qdrant_key_over_plain_http(
+    tiny_embedder_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Qdrant takes its key in the `api-key` header of every request
+    (https://qdrant.tech/documentation/cloud/authentication/): over http it crosses in clear."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(_lines(DOCUMENTS)))
+    monkeypatch.setenv("QDRANT_API_KEY", "the-key")
+    argv = [str(corpus), "--qdrant-url", "http://qdrant.example:6333"]
+    assert ingest_cli([*argv, "--embedding-model-dir", str(tiny_embedder_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "https" in err and "the-key" not in err

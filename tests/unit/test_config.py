@@ -238,6 +238,12 @@ CONTEXT_MISTAKES = {
         {"idle_alarm_minutes": "2"},
         r"key 'idle_alarm_minutes': Input should be greater than or equal to 5",
     ),
+    # The Lambda always sends the Qdrant API key (api-key header, every request:
+    # https://qdrant.tech/documentation/cloud/authentication/), so only https will do.
+    "qdrant-url-plain-http": (
+        {"qdrant_url": "http://qdrant.example:6333"},
+        r"key 'qdrant_url': must be https://: the Lambda sends the Qdrant API key",
+    ),
     "unknown-model": (
         {"model": "twin-llama"},
         r"unknown model 'twin-llama'.*available: .*twin-llama-3\.1-8b",

@@ -17,6 +17,7 @@ import pytest
 from aws_lambda_powertools import Logger
 from moto import mock_aws
 
+from rag.settings import Settings
 from rag.sinks import (
     METRIC_SAMPLED_OUT,
     METRIC_SEND_FAILED,
@@ -29,12 +30,13 @@ from rag.sinks import (
     SqsTraceSink,
     build_sink,
     encode_for_sqs,
-    query_digest,
+    keyed_digest,
 )
 from tests.fakes.opik_recorder import make_trace_event
 
 LOG_STREAM = io.StringIO()
 TEST_LOGGER = Logger(service="sinks-test", stream=LOG_STREAM)
+KEY = b"0123456789abcdef0123456789abcdef"
 
 
 def counting(metrics: Counter[str]) -> Callable[[str], None]:
@@ -220,30 +222,35 @@ def test_errors_are_always_kept_whatever_the_rate():
 # Redaction -------------------------------------------------------------------------------------
 
 
-def test_hash_query_replaces_the_query_in_input_and_span_inputs():
-    # Given a hash_query policy
+def test_hash_query_replaces_every_text_with_its_keyed_digest():
+    # Given a hash_query policy (tests/unit/test_trace_redaction.py runs real pipeline events)
     memory = MemoryTraceSink()
-    sink = PolicySink(memory, sample_rate=1, redaction="hash_query", count_metric=lambda _: None)
+    sink = PolicySink(
+        memory, sample_rate=1, redaction="hash_query", hash_key=KEY, count_metric=lambda _: None
+    )
     query = "Where does Maxime live?"
     event = make_trace_event(query=query)
 
     # When the event is sent
     sink.send(event)
 
-    # Then the query appears nowhere in input or span inputs, its digest does
+    # Then the query appears nowhere, its keyed digest does, and each expanded query has its own
     [out] = memory.events
-    digest = query_digest(query)
+    digest = keyed_digest(KEY, query)
     assert out["input"]["query"] == digest
-    span_inputs = json.dumps([span["input"] for span in out["spans"]])
-    assert query not in span_inputs
-    assert digest in out["spans"][5]["input"]["query"]
-    assert digest in out["spans"][6]["input"]["prompt"]  # the assembled prompt
-    # And expanded queries are hashed too, while numbers and the rest stay
-    assert out["spans"][2]["input"]["queries"][1] == query_digest(f"{query} metrics")
+    assert "Maxime" not in json.dumps(out)
+    assert out["spans"][5]["input"]["query"] == digest
+    assert out["spans"][2]["input"]["queries"][1] == keyed_digest(KEY, f"{query} metrics")
+    # And numbers, ids and labels stay
     assert out["input"]["k"] == 3
     assert out["metadata"]["redaction"] == "hash_query"
     # And the caller's event was not modified
     assert event["input"]["query"] == query
+
+
+def test_hash_query_without_a_key_is_refused():
+    with pytest.raises(ValueError, match="hash key"):
+        PolicySink(MemoryTraceSink(), sample_rate=1, redaction="hash_query")
 
 
 def test_drop_texts_removes_every_text_but_keeps_ids_scores_timings_and_usage():
@@ -328,13 +335,15 @@ def test_build_sink_sends_to_the_queue_and_the_file_the_settings_name(
 ):
     # Given settings naming both a queue and a trace file, with hashing on
     path = tmp_path / "traces.jsonl"
-    sink = build_sink(
-        queue_url=queue_url,
-        trace_file=str(path),
-        sample_rate=1,
-        redaction="hash_query",
-        sqs_client=sqs,
+    settings = Settings.from_env(
+        {
+            "TRACE_QUEUE_URL": queue_url,
+            "TRACE_FILE": str(path),
+            "TRACE_REDACTION": "hash_query",
+            "TRACE_HASH_KEY_SECRET": "trace-key",
+        }
     )
+    sink = build_sink(settings, sqs_client=sqs, fetch_secret=lambda _: KEY.decode())
     event = make_trace_event(query="plain words")
 
     # When an event is sent
@@ -344,4 +353,4 @@ def test_build_sink_sends_to_the_queue_and_the_file_the_settings_name(
     [on_queue] = received(sqs, queue_url)
     in_file = json.loads(path.read_text(encoding="utf-8"))
     assert on_queue == in_file
-    assert on_queue["input"]["query"] == query_digest("plain words")
+    assert on_queue["input"]["query"] == keyed_digest(KEY, "plain words")
