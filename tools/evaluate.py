@@ -537,15 +537,15 @@ def parse_overrides(text: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- main
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__)
     p.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     p.add_argument(
         "--k", type=int, default=DEFAULT_K, help=f"chunks per question (default {DEFAULT_K})"
     )
     p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
-    p.add_argument("--api-url", default=os.environ.get("API_URL") or None)
-    p.add_argument("--api-key", default=os.environ.get("API_KEY") or None)
+    p.add_argument("--api-url", default=env.get("API_URL") or None)
+    p.add_argument("--api-key", default=env.get("API_KEY") or None)
     p.add_argument(
         "--corpus",
         type=Path,
@@ -569,8 +569,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     env = dict(os.environ if environ is None else environ)
+    args = _parser(env).parse_args(argv)
     notes: list[str] = []
     try:
         questions = load_dataset(args.dataset)

@@ -28,6 +28,7 @@ from tests.fakes.opik_recorder import OpikRecorder
 from tests.fakes.tgi_server import Fault, TgiServer, fixed
 from tests.tiny_models import build_cross_encoder, build_embedder
 from tools import evaluate
+from tools.local_server import LocalServer, local_app
 
 CORPUS = [
     {
@@ -255,3 +256,56 @@ def test_the_shipped_set_covers_every_category_with_corpus_document_ids() -> Non
     for q in questions:
         assert set(q.source_ids) <= corpus_ids, q.question
         assert bool(q.source_ids) == (q.category != "unanswerable"), q.question
+
+
+def test_api_mode_scores_a_running_api_like_the_in_process_run(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """API mode (API_URL, API_KEY) posts the documented HTTP contract (DESIGN 3.1: POST /rag with
+    include_context, x-api-key as API Gateway reads it) to a running server: here the Lambda's
+    own app in local mode over real HTTP. Over the same store it must score exactly what the
+    in-process run scores, and a refused key is reported per question, never dropping the run."""
+    store = tmp_path / "qdrant"
+    evaluate.fill_store(store, files["corpus"], files["embedding"])
+    with (
+        TgiServer(responder=fixed("DPO needs no reward model.")) as model,
+        TgiServer(responder=fixed(json.dumps(JUDGE_REPLY))) as judge,
+    ):
+        env = _env(
+            files,
+            LLM_URL=model.url,
+            JUDGE_URL=judge.url,
+            JUDGE_API="openai",
+            QDRANT_PATH=str(store),
+        )
+        # Given the in-process figures over that store
+        assert evaluate.main(_args(files), environ=env) == 0
+        in_process = _report(files)["columns"][0]
+        for path in files["out"].iterdir():
+            path.unlink()
+
+        # When the same questions go to the app served over HTTP, with the API key in the env
+        with evaluate.in_process_target(env, answers=True) as target:
+            app = local_app(target.deps, api_key="twin-key")
+            with LocalServer(app) as server:
+                url = server.url
+                api_env = {"API_URL": url, "API_KEY": "twin-key", **env}
+                assert evaluate.main(_args(files), environ=api_env) == 0
+                over_http = _report(files)["columns"][0]
+                for path in files["out"].iterdir():
+                    path.unlink()
+                wrong_key = {**api_env, "API_KEY": "not-the-key"}
+                assert evaluate.main(_args(files), environ=wrong_key) == 0
+                refused = _report(files)["columns"][0]
+
+    # Then the API column scores exactly what in-process scored, answers judged the same way
+    assert over_http["label"] == "api" and over_http["config"]["api_url"] == url
+    by_question = {q["question"]: q for q in in_process["questions"]}
+    for q in over_http["questions"]:
+        assert q["error"] is None, q["error"]
+        assert q["retrieved_document_ids"] == by_question[q["question"]]["retrieved_document_ids"]
+        assert q["scores"] == by_question[q["question"]]["scores"]
+        assert q["answer"] == "DPO needs no reward model."
+    # And a refused key fails every question, each reported with the API's status
+    assert refused["summary"]["overall"]["failed"] == len(QUESTIONS)
+    assert all("403" in q["error"] for q in refused["questions"])
