@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -318,7 +319,7 @@ def _retrieve(req: RetrieveRequest, deps: Deps, trace: TraceRecorder) -> Retriev
         expanded_queries=queries,
         author=author,
         author_source=author_source,
-        chunks=ranked[: req.k],
+        chunks=_top(ranked, req.k, deps.settings.max_chunks_per_document),
         warnings=list(trace.warnings),
         fallbacks=list(trace.fallbacks),
         trace_id=trace.trace_id,
@@ -335,7 +336,11 @@ def _rerank(
     if reranker is None or not candidates:
         return candidates
     found = len(candidates)
-    candidates = candidates[: max(keep, deps.settings.rerank_max_candidates)]
+    candidates = _top(
+        candidates,
+        max(keep, deps.settings.rerank_max_candidates),
+        deps.settings.max_chunks_per_document,
+    )
     try:
         with trace.span("rerank", input={"candidates": len(candidates), "found": found}) as span:
             scores = reranker.score(query, [c.content for c in candidates])
@@ -350,6 +355,27 @@ def _rerank(
     ranked = sorted(rescored, key=lambda c: -c.score)
     span.output = {"top": [{"id": c.id, "score": c.score} for c in ranked[:5]]}
     return ranked
+
+
+def _top(chunks: list[Chunk], n: int, per_document: int) -> list[Chunk]:
+    """The first `n` of `chunks` (best first) with at most `per_document` chunks of any one
+    document (0: no limit); when fewer documents than that exist, the best of the held-back
+    chunks fill the rest, so `n` chunks still come back."""
+    if per_document <= 0:
+        return chunks[:n]
+    taken: list[Chunk] = []
+    held_back: list[Chunk] = []
+    counts: Counter[tuple[str, str]] = Counter()
+    for chunk in chunks:
+        document = (chunk.collection, chunk.document_id or chunk.id)
+        if counts[document] < per_document:
+            counts[document] += 1
+            taken.append(chunk)
+            if len(taken) == n:
+                break
+        else:
+            held_back.append(chunk)
+    return (taken + held_back)[:n]
 
 
 # --- LLM helpers (self-query, expansion), concurrently -----------------------------------------

@@ -37,6 +37,7 @@ MAX_EXPANSION_N = 5
 
 
 DEFAULT_RERANK_MAX_CANDIDATES = 6
+DEFAULT_MAX_CHUNKS_PER_DOCUMENT = 1
 """Chunks the cross-encoder scores per request (at least k), the best by vector score: twice the
 API's default k. Each (query, chunk) pair costs ~60-100 ms of one vCPU (tools/bench.py), so
 scoring every candidate (up to 3 queries x 3 collections x k) was 1-3 s a request."""
@@ -166,6 +167,11 @@ class Settings(BaseModel):
     rerank_max_candidates: int = Field(
         default=DEFAULT_RERANK_MAX_CANDIDATES, ge=1, validation_alias="RERANK_MAX_CANDIDATES"
     )
+    max_chunks_per_document: int = Field(
+        default=DEFAULT_MAX_CHUNKS_PER_DOCUMENT, ge=0, validation_alias="MAX_CHUNKS_PER_DOCUMENT"
+    )
+    """At most this many chunks of one document in the top k and in the rerank window (0: no
+    limit), so an answer spread over several sources is not crowded out by one long article."""
     rerank_max_length: int = Field(
         default=DEFAULT_RERANK_MAX_LENGTH,
         ge=MIN_RERANK_MAX_LENGTH,

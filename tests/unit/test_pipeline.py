@@ -7,12 +7,14 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
 from rag import pipeline
 from rag.errors import BadRequest, ModelError, ModelUnavailable, UpstreamError
 from rag.models import GenerationRequest, RagRequest, RetrieveRequest
+from rag.ports import Chunk
 from rag.prompt import NO_CONTEXT_NOTE
 from tests.fakes.memory import (
     SAMPLE_CHUNKS,
@@ -635,3 +637,49 @@ def test_the_buffered_route_asks_for_no_more_tokens_than_its_time_allows() -> No
     assert call.params.max_new_tokens == 16 * 30
     clamped = only_event(world.sink)["metadata"]["max_new_tokens_clamped"]
     assert clamped == {"asked": 2048, "allowed": 480}
+
+
+def _long_article_and_a_post() -> list[Chunk]:
+    """Three chunks of one article that all match the query well, one post that matches less."""
+    article = [
+        replace(
+            chunk(f"art-{i}", f"DPO reward model preference pairs reference policy part {i}"),
+            payload={"document_id": "dpo-article"},
+        )
+        for i in range(3)
+    ]
+    post = replace(
+        chunk("post", "DPO reward model: a post", collection="embedded_posts"),
+        payload={"document_id": "dpo-post"},
+    )
+    return [*article, post]
+
+
+@pytest.mark.parametrize(("per_document", "documents"), [("0", 1), ("1", 2), ("2", 1)])
+def test_one_long_document_does_not_crowd_the_others_out_of_the_top_k(
+    per_document: str, documents: int
+) -> None:
+    """`make eval` on the shipped set: multi-source recall@3 was 0.33 because two of three
+    slots went to chunks of one article; MAX_CHUNKS_PER_DOCUMENT (default 1) caps that."""
+    world = fake_world(
+        chunks=_long_article_and_a_post(),
+        env={"MAX_CHUNKS_PER_DOCUMENT": per_document, "SELF_QUERY_ENABLED": "false"},
+    )
+
+    out = pipeline.retrieve(
+        RetrieveRequest(query="DPO reward model preference pairs", k=2, expand=False), world.deps
+    )
+
+    assert len(out.chunks) == 2
+    assert len({c.document_id for c in out.chunks}) == documents
+
+
+def test_fewer_documents_than_k_still_fill_k_with_the_best_remaining_chunks() -> None:
+    world = fake_world(chunks=_long_article_and_a_post(), env={"SELF_QUERY_ENABLED": "false"})
+
+    out = pipeline.retrieve(
+        RetrieveRequest(query="DPO reward model preference pairs", k=4, expand=False), world.deps
+    )
+
+    assert len(out.chunks) == 4
+    assert [c.document_id for c in out.chunks][:2].count("dpo-article") == 1
