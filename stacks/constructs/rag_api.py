@@ -412,8 +412,10 @@ class RagApi(Construct):
             "No WAF by default: every route needs an API key and is throttled by the stage and the "
             "usage plan (rate, burst, daily quota); attach a web ACL to the stage if exposed widely.",
         )
+        # by construct path: jsii hands back new proxies, so `in` on the objects never matches
+        public = {m.node.path for m in self.public_methods}
         for method in api.methods:
-            if method in self.public_methods:
+            if method.node.path in public:
                 reason = (
                     "GET of the chat page's static files (fixed HTML, JS, CSS, no data, no model "
                     "call): a browser must load them before it has the API key; the stage "
