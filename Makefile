@@ -14,7 +14,7 @@ CDK_CONTEXT := $(if $(MODEL),-c model=$(MODEL),)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)/lambda_src:$(CURDIR)
 
-.PHONY: help install checkov-venv test lint unit synth synth-offline package deploy destroy preflight redrive-traces cost pin stage-weights local ingest \
+.PHONY: help install checkov-venv browser test lint unit synth synth-offline package deploy destroy preflight redrive-traces cost pin stage-weights local ingest \
         models bench bench-baseline e2e eval clean
 
 help: ## list the targets
@@ -54,7 +54,13 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 
 checkov-venv: $(CHECKOV_VENV)/.installed ## install checkov into .venv-checkov (make test runs it on the templates)
 
-test: install checkov-venv lint unit synth-offline ## lint, every test (security gates included), an offline synth
+# The chat page's browser test needs Debian's chromium + chromium-driver: installed where apt
+# exists, a no-op once /usr/bin/chromium is there; elsewhere that test is skipped with the reason.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver; fi
+
+test: install checkov-venv browser lint unit synth-offline ## lint, every test (security gates included), an offline synth
 
 synth: install ## write the CloudFormation templates to cdk.out (no bundling: templates only)
 	$(CDK) synth --quiet --no-notices $(CDK_CONTEXT) -c bundle=false

@@ -111,6 +111,10 @@ def directory_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _bundled(path: Path) -> bool:
+    return path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+
+
 @dataclass(frozen=True)
 class PythonBundle:
     """One Lambda's bundle: its runtime requirements plus its own packages from lambda_src/."""
@@ -159,7 +163,8 @@ class PythonBundle:
             ).encode()
         )
         for package in self.packages:
-            for path in sorted((LAMBDA_SRC / package).rglob("*.py")):
+            # Every file build() copies (the chat page's static files too), not only *.py.
+            for path in sorted(p for p in (LAMBDA_SRC / package).rglob("*") if _bundled(p)):
                 digest.update(str(path.relative_to(LAMBDA_SRC)).encode())
                 digest.update(path.read_bytes())
         return digest.hexdigest()

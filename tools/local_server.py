@@ -34,6 +34,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.urls import redact_url  # stdlib only: safe before Powertools' defaults are set
+from web.page import is_public  # fastapi only, as above
 
 if TYPE_CHECKING:
     from rag.pipeline import Deps
@@ -343,8 +344,8 @@ def gateway_error(status: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
 
 class LocalGateway:
     """ASGI middleware doing, in local mode only, what API Gateway does in front of the Lambda:
-    the API key (403), the 10 MB body limit (413, refused unread when announced), a request id
-    header; plus one log line per request. The app behind it is the Lambda's, unchanged."""
+    the API key (403; the chat page's static files need none, as in AWS), the 10 MB body limit
+    (413, refused unread when announced), a request id header; plus one log line per request. The app behind it is the Lambda's, unchanged."""
 
     def __init__(self, app: ASGIApp, *, api_key: str | None) -> None:
         self.app = app
@@ -385,7 +386,7 @@ class LocalGateway:
     ) -> tuple[tuple[int, list[tuple[bytes, bytes]], bytes] | None, bytes]:
         """(a gateway error, or None and the whole body)."""
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
-        if self.api_key is not None:
+        if self.api_key is not None and not is_public(scope["method"], scope["path"]):
             given = headers.get("x-api-key", b"")
             if not hmac.compare_digest(given, self.api_key.encode()):
                 return gateway_error(403), b""

@@ -36,12 +36,13 @@ from rag.errors import (
 from rag.models import RagRequest, RetrieveRequest, loads_json_body, parse_request
 from rag.observability import flush_metrics, logger
 from rag.pipeline import Deps
-from web import sse
+from web import page, sse
 from web.responses import rag_body, retrieve_body
 
 MAX_BODY_BYTES = 16 * 1024
 """A 2000-character query with every option fits many times over; more is not a request."""
 ROUTE_METHODS: dict[str, tuple[str, ...]] = {
+    "/": ("GET",),
     "/rag": ("POST",),
     "/retrieve": ("POST",),
     "/health": ("GET",),
@@ -137,6 +138,17 @@ def create_app(deps_factory: Callable[[], Deps]) -> FastAPI:
     @app.get("/health")
     async def health() -> Response:
         return json_response(200, {"status": "ok"})
+
+    @app.get("/")
+    async def chat_page() -> Response:
+        return page.static_response(page.PAGE_FILE, page.page())
+
+    @app.get(f"/{page.STATIC_ROUTE}/{{name}}")
+    async def static_file(name: str) -> Response:
+        content = page.static_files().get(name)
+        if content is None:
+            return error_response(NotFound(f"no file {name}"))
+        return page.static_response(name, content)
 
     @app.post("/rag")
     async def rag_route(request: Request) -> Response:

@@ -135,7 +135,6 @@ def test_rest_api_requires_keys_validates_bodies_and_throttles(synth):
     api = one(template, "AWS::ApiGateway::RestApi")
     assert api["EndpointConfiguration"] == {"Types": ["REGIONAL"]}
     methods = [r["Properties"] for r in resources(template, "AWS::ApiGateway::Method")]
-    assert all(m["ApiKeyRequired"] for m in methods if m["HttpMethod"] != "OPTIONS")
     posts = [m for m in methods if m["HttpMethod"] == "POST"]
     assert len(posts) == 2
     assert all("RequestValidatorId" in m and "RequestModels" in m for m in posts)
@@ -157,6 +156,40 @@ def test_rest_api_requires_keys_validates_bodies_and_throttles(synth):
     assert settings["MetricsEnabled"] is True
     assert settings["DataTraceEnabled"] is False
     assert (settings["ThrottlingRateLimit"], settings["ThrottlingBurstLimit"]) == (7, 11)
+
+
+def _path_of(template, resource_id):
+    """A method's resource as its full path ("/" for the root, "/static/{name}", ...)."""
+    if "Fn::GetAtt" in resource_id:  # the RestApi's RootResourceId
+        return "/"
+    parts, logical_id = [], resource_id["Ref"]
+    while True:
+        resource = template["Resources"][logical_id]["Properties"]
+        parts.insert(0, resource["PathPart"])
+        parent = resource["ParentId"]
+        if "Fn::GetAtt" in parent:
+            return "/" + "/".join(parts)
+        logical_id = parent["Ref"]
+
+
+def test_only_the_chat_pages_static_gets_go_without_an_api_key(synth):
+    """`ApiKeyRequired` false lets a method through without the x-api-key header, and such calls
+    count against no usage plan (AWS::ApiGateway::Method ApiKeyRequired; "Usage plans and API
+    keys for REST APIs", https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-api-usage-plans.html).
+    A browser loads the page and its files before it has the key, so exactly `GET /` and
+    `GET /static/{name}` (which the app answers from fixed files) are keyless; every route that
+    reaches the model, and every other method, still needs the key."""
+    template = synth()["api"]
+    keyless, keyed = set(), set()
+    for method in resources(template, "AWS::ApiGateway::Method"):
+        props = method["Properties"]
+        if props["HttpMethod"] == "OPTIONS":  # CORS preflight, a MOCK (browsers send no key)
+            continue
+        route = (props["HttpMethod"], _path_of(template, props["ResourceId"]))
+        (keyed if props["ApiKeyRequired"] else keyless).add(route)
+    assert keyless == {("GET", "/"), ("GET", "/static/{name}")}
+    assert {("POST", "/rag"), ("POST", "/retrieve"), ("ANY", "/{proxy+}")} <= keyed
+    assert {("ANY", "/"), ("ANY", "/static/{name}"), ("GET", "/health")} <= keyed
 
 
 def test_gateway_errors_use_the_contract_shape(synth):
@@ -281,15 +314,16 @@ def test_every_method_streams_through_the_response_streaming_invocation(synth):
     # API Gateway streams a Lambda proxy response only with responseTransferMode STREAM and
     # the InvokeWithResponseStream URI `.../2021-11-15/functions/<arn>/response-streaming-
     # invocations` (https://docs.aws.amazon.com/apigateway/latest/developerguide/
-    # response-transfer-mode-lambda.html); API keys stay required on every method.
+    # response-transfer-mode-lambda.html). Which methods need a key: the test above.
     template = synth()["api"]
     methods = [
         m["Properties"]
         for m in resources(template, "AWS::ApiGateway::Method")
         if m["Properties"]["Integration"]["Type"] != "MOCK"  # CORS preflight answers itself
     ]
-    # POST + ANY on /rag and /retrieve, GET + ANY on /health, ANY on {proxy+} and on the root
-    assert len(methods) == 8
+    # POST + ANY on /rag and /retrieve, GET + ANY on /health, ANY on {proxy+}, GET + ANY on the
+    # root and on /static/{name}
+    assert len(methods) == 11
     for method in methods:
         integration = method["Integration"]
         assert integration["Type"] == "AWS_PROXY"
@@ -298,7 +332,6 @@ def test_every_method_streams_through_the_response_streaming_invocation(synth):
         assert ":lambda:path/2021-11-15/functions/" in uri
         assert "/response-streaming-invocations" in uri
         assert integration["TimeoutInMillis"] == rag_api.INTEGRATION_TIMEOUT_S * 1000
-        assert method["ApiKeyRequired"] is True
 
 
 def test_the_business_lambda_runs_the_app_behind_the_web_adapter(synth):

@@ -1,0 +1,73 @@
+"""The chat page (DESIGN 3.1 `GET /`): static files from `web/static`, never an LLM call.
+
+These routes are the only ones that need no API key (API Gateway and local mode both exempt
+exactly `PUBLIC_PATHS`), so they serve files from a fixed list and read nothing from the request.
+The page is plain HTML, CSS and JavaScript in separate files, so the Content-Security-Policy
+allows scripts and styles from this origin only: no inline code, no other host.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from fastapi import Response
+
+STATIC_DIR = Path(__file__).parent / "static"
+PAGE_FILE = "index.html"
+STATIC_ROUTE = "static"
+"""`/static/{name}` serves the files below; API Gateway's keyless `static/{name}` resource."""
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Revalidate every load: a deploy changes the files under the same names.
+    "Cache-Control": "no-cache",
+}
+PUBLIC_PATHS = ("/", f"/{STATIC_ROUTE}/")
+"""`GET` on "/" and under "/static/" needs no API key; every other route does."""
+
+
+def is_public(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") and (path == "/" or path.startswith(PUBLIC_PATHS[1]))
+
+
+@cache
+def static_files() -> dict[str, bytes]:
+    """Every servable file, read once: a name not in here is a 404, whatever it looks like."""
+    return {
+        path.name: path.read_bytes()
+        for path in sorted(STATIC_DIR.iterdir())
+        if path.suffix in MEDIA_TYPES and path.name != PAGE_FILE
+    }
+
+
+@cache
+def page() -> bytes:
+    return (STATIC_DIR / PAGE_FILE).read_bytes()
+
+
+def static_response(name: str, content: bytes) -> Response:
+    return Response(
+        content=content,
+        media_type=MEDIA_TYPES[Path(name).suffix],
+        headers=SECURITY_HEADERS,
+    )
