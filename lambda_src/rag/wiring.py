@@ -85,6 +85,7 @@ def _build_clients(settings: Settings) -> tuple[VectorStore, LLM | None, TraceSi
         connect_timeout_s=settings.llm_connect_timeout_s,
         read_timeout_s=settings.llm_read_timeout_s,
         model=settings.model_profile.model_id,
+        engine=settings.model_profile.engine,
     )
     sink = build_sink(settings)
     return store, llm, sink
