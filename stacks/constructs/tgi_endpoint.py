@@ -217,7 +217,7 @@ class TgiEndpoint(Construct):
         # stack gets a region -> image mapping resolved by CloudFormation at deploy.
         mapping = CfnMapping(
             self,
-            "TgiImage",
+            "ContainerImage",
             mapping={
                 region: {"uri": uri, "account": tgi_image.registry_account(uri)}
                 for region, uri in uris.items()
