@@ -29,7 +29,7 @@ Answers, as vLLM builds them (vllm `entrypoints/openai/*/protocol.py`):
     with VllmServer(responder=fixed("hi")) as server:
         HttpLLM(server.url, api="openai", model=server.model_id, ...)
 
-As a process: `python -m tests.fakes.vllm_server --port 8000`.
+As a process: `python -m tests.fakes.vllm_server --port 8081`.
 """
 
 from __future__ import annotations
@@ -458,7 +458,7 @@ def running(responder: Responder | None = None, **kwargs: Any) -> Iterator[VllmS
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fake vLLM (OpenAI-compatible) server.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--answer", default=DEFAULT_ANSWER, help="text of every answer")
     parser.add_argument("--model", default=MODEL_ID, help="the served model name")
     args = parser.parse_args(argv)
