@@ -12,8 +12,9 @@ from functools import cache
 TGI_FRAMEWORK = "huggingface-llm"
 VLLM_FRAMEWORK = "vllm"
 """AWS's vLLM DLC: its SageMaker tags take `SM_VLLM_*` variables (aws/model-hosting-container-
-standards docs/sagemaker/01_quickstart.md). The SDK's other vLLM image, `huggingface-vllm`,
-documents no variables for the limits we set, so we use AWS's."""
+standards docs/sagemaker/01_quickstart.md; AWS DLC docs vllm/configuration). For the SDK's other
+vLLM image, `huggingface-vllm` (its ModelBuilder default), we found no documented variables for the
+limits we set, so we use the image whose contract is written down."""
 FRAMEWORK = TGI_FRAMEWORK
 _ANY_GPU_INSTANCE = (
     "ml.g5.2xlarge"  # the URI does not depend on the GPU instance; the SDK wants one
