@@ -48,7 +48,7 @@ def build_app(app: cdk.App) -> dict[str, cdk.Stack]:
         model=model,
         deployment=deployment,
         env=env,
-        description=f"{deployment.project}: {model.hf_model_id} on TGI {model.tgi_version}, "
+        description=f"{deployment.project}: {model.hf_model_id} on {model.engine} {model.engine_version}, "
         f"{model.instance_type} (SageMaker inference component)",
     )
     api = RagApiStack(

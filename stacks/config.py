@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stacks import tgi_image
 from stacks.instances import GPU_INSTANCES, GpuInstance
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_config"
@@ -70,6 +71,27 @@ class TgiLimits(_Strict):
     @property
     def prefill_tokens(self) -> int:
         return self.max_batch_prefill_tokens or self.max_input_tokens + 50
+
+
+class VllmLimits(_Strict):
+    """vLLM's serving limits, passed as `SM_VLLM_<FLAG>` variables (AWS's vLLM DLC turns each into
+    the `vllm serve --<flag>` of that name). max_model_len is vLLM's prompt + generation bound."""
+
+    max_input_tokens: int = Field(gt=0)
+    """Not a vLLM flag: the API trims prompts to it (vLLM rejects longer ones with a 400)."""
+    max_model_len: int = Field(gt=0)
+    max_num_seqs: int = Field(default=64, gt=0)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=0.98)
+    """The share of each GPU vLLM takes for weights + activations + KV cache (its default 0.9)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VllmLimits:
+        if self.max_input_tokens >= self.max_model_len:
+            raise ValueError(
+                f"max_input_tokens ({self.max_input_tokens}) must be less than "
+                f"max_model_len ({self.max_model_len}): the rest is room to generate"
+            )
+        return self
 
 
 class Generation(_Strict):
@@ -138,11 +160,15 @@ class ModelConfig(_Strict):
     )
     """Where `make stage-weights` copied the weights (`<uri>/<hf_model_id>/<hf_revision>/`): the
     endpoint then loads them from S3 and needs no Hugging Face token at run time."""
-    tgi_version: str
+    engine: Literal["tgi", "vllm"] = "tgi"
+    """The serving container: Hugging Face TGI (the default) or AWS's vLLM DLC."""
+    tgi_version: str | None = None
+    vllm_version: str | None = None
     instance_type: str
     gpu_count: int | None = Field(default=None, ge=1)
     prompt_format: Literal["alpaca", "chat"]
-    tgi: TgiLimits
+    tgi: TgiLimits | None = None
+    vllm: VllmLimits | None = None
     generation: Generation = Generation()
     scaling: Scaling = Scaling()
     compute: ComputeShare = ComputeShare()
@@ -169,13 +195,25 @@ class ModelConfig(_Strict):
 
     @field_validator("tgi_version")
     @classmethod
-    def _tgi_version(cls, value: str) -> str:
-        from stacks.tgi_image import supported_versions
+    def _tgi_version(cls, value: str | None) -> str | None:
+        return _known_version(value, tgi_image.TGI_FRAMEWORK, "TGI")
 
-        allowed = supported_versions()
-        if value not in allowed:
-            raise ValueError(f"TGI {value!r} has no SageMaker image; allowed: {', '.join(allowed)}")
-        return value
+    @field_validator("vllm_version")
+    @classmethod
+    def _vllm_version(cls, value: str | None) -> str | None:
+        return _known_version(value, tgi_image.VLLM_FRAMEWORK, "vLLM")
+
+    @model_validator(mode="after")
+    def _engine_fields(self) -> ModelConfig:
+        """Each engine needs its own version and limits, and takes none of the other's."""
+        own, other = ("tgi", "vllm") if self.engine == "tgi" else ("vllm", "tgi")
+        for field in (f"{own}_version", own):
+            if getattr(self, field) is None:
+                raise ValueError(f"engine {self.engine} needs '{field}'")
+        for field in (f"{other}_version", other):
+            if getattr(self, field) is not None:
+                raise ValueError(f"'{field}' is for engine {other}; this model's engine is {own}")
+        return self
 
     @model_validator(mode="after")
     def _staged_weights(self) -> ModelConfig:
@@ -200,11 +238,12 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"gpu_count {self.gpu_count} exceeds the {gpus} GPU(s) of {self.instance_type}"
             )
-        room = self.tgi.max_total_tokens - self.tgi.max_input_tokens
+        room = self.max_total_tokens - self.max_input_tokens
         if self.generation.max_new_tokens_limit > room:
+            total = "tgi.max_total_tokens" if self.engine == "tgi" else "vllm.max_model_len"
             raise ValueError(
                 f"generation.max_new_tokens_limit ({self.generation.max_new_tokens_limit}) must be "
-                f"at most tgi.max_total_tokens - tgi.max_input_tokens ({room})"
+                f"at most {total} - {self.engine}.max_input_tokens ({room})"
             )
         if self.compute.cpu_cores is not None and self.compute.cpu_cores > self.instance.vcpus:
             raise ValueError(f"compute.cpu_cores exceeds the {self.instance.vcpus} vCPUs")
@@ -216,6 +255,34 @@ class ModelConfig(_Strict):
                 f"compute.memory_mib exceeds the {self.instance.memory_gib} GiB of memory"
             )
         return self
+
+    @property
+    def limits(self) -> TgiLimits | VllmLimits:
+        limits = self.tgi if self.engine == "tgi" else self.vllm
+        assert limits is not None  # _engine_fields
+        return limits
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self.limits.max_input_tokens
+
+    @property
+    def max_total_tokens(self) -> int:
+        """Prompt + generation: TGI's MAX_TOTAL_TOKENS, vLLM's max_model_len."""
+        if isinstance(self.limits, VllmLimits):
+            return self.limits.max_model_len
+        return self.limits.max_total_tokens
+
+    @property
+    def engine_version(self) -> str:
+        version = self.tgi_version if self.engine == "tgi" else self.vllm_version
+        assert version is not None  # _engine_fields
+        return version
+
+    @property
+    def image_framework(self) -> str:
+        """The sagemaker SDK's image config name for this engine."""
+        return tgi_image.TGI_FRAMEWORK if self.engine == "tgi" else tgi_image.VLLM_FRAMEWORK
 
     @property
     def instance(self) -> GpuInstance:
@@ -251,11 +318,37 @@ class ModelConfig(_Strict):
             return None
         return f"{self.weights_s3_uri.rstrip('/')}/{self.hf_model_id}/{self.hf_revision}/"
 
+    def container_environment(self) -> dict[str, str]:
+        """The serving container's environment (no secrets: the HF token is added by reference)."""
+        return self.tgi_environment() if self.engine == "tgi" else self.vllm_environment()
+
+    def vllm_environment(self) -> dict[str, str]:
+        """AWS's vLLM DLC (SageMaker variant): each `SM_VLLM_<FLAG>` becomes `vllm serve --<flag>`
+        (aws/model-hosting-container-standards docs/sagemaker/01_quickstart.md; AWS DLC docs
+        "vllm/configuration"). SM_VLLM_MODEL takes a Hub id or a local folder: staged weights
+        are in MODEL_DIR. The served model name is the Hub id either way, so requests (and the
+        local fake) name the same model."""
+        assert self.vllm is not None
+        source = (
+            {"SM_VLLM_MODEL": MODEL_DIR}
+            if self.weights_s3_uri
+            else {"SM_VLLM_MODEL": self.hf_model_id, "SM_VLLM_REVISION": self.hf_revision}
+        )
+        return {
+            **source,
+            "SM_VLLM_SERVED_MODEL_NAME": self.hf_model_id,
+            "SM_VLLM_TENSOR_PARALLEL_SIZE": str(self.gpus),
+            "SM_VLLM_MAX_MODEL_LEN": str(self.vllm.max_model_len),
+            "SM_VLLM_MAX_NUM_SEQS": str(self.vllm.max_num_seqs),
+            "SM_VLLM_GPU_MEMORY_UTILIZATION": str(self.vllm.gpu_memory_utilization),
+        }
+
     def tgi_environment(self) -> dict[str, str]:
         """The TGI container's environment (no secrets: the HF token is added by reference).
 
         With staged weights SageMaker places them in MODEL_DIR before the container starts, and
         TGI's SageMaker entrypoint passes HF_MODEL_ID on as its model id, a local folder here."""
+        assert self.tgi is not None
         source = (
             {"HF_MODEL_ID": MODEL_DIR}
             if self.weights_s3_uri
@@ -283,14 +376,26 @@ class ModelConfig(_Strict):
             "name": self.name,
             "model_id": self.hf_model_id,
             "revision": self.hf_revision,
+            "engine": self.engine,
             "prompt_format": self.prompt_format,
-            "max_input_tokens": self.tgi.max_input_tokens,
-            "max_total_tokens": self.tgi.max_total_tokens,
+            "max_input_tokens": self.max_input_tokens,
+            "max_total_tokens": self.max_total_tokens,
             "generation": self.generation.model_dump(),
         }
 
     def runtime_profile_json(self) -> str:
         return json.dumps(self.runtime_profile(), separators=(",", ":"), sort_keys=True)
+
+
+def _known_version(value: str | None, framework: str, engine: str) -> str | None:
+    if value is None:
+        return None
+    allowed = tgi_image.supported_versions(framework)
+    if value not in allowed:
+        raise ValueError(
+            f"{engine} {value!r} has no SageMaker image; allowed: {', '.join(allowed)}"
+        )
+    return value
 
 
 def available_models(config_dir: Path = CONFIG_DIR) -> list[str]:

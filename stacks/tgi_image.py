@@ -1,36 +1,43 @@
-"""The Hugging Face TGI (huggingface-llm) Deep Learning Container image, per region.
+"""The serving container images, per region: Hugging Face TGI (`huggingface-llm`) and AWS's vLLM
+Deep Learning Container (`vllm`, its SageMaker variant).
 
-The sagemaker SDK owns the table of TGI versions, ECR accounts and tags; we read it at synth
-(no AWS call) so a new SDK release is the only thing to bump for a new TGI version.
+The sagemaker SDK owns the table of versions, ECR accounts and tags; we read it at synth (no AWS
+call) so a new SDK release is the only thing to bump for a new engine version.
 """
 
 from __future__ import annotations
 
 from functools import cache
 
-FRAMEWORK = "huggingface-llm"
+TGI_FRAMEWORK = "huggingface-llm"
+VLLM_FRAMEWORK = "vllm"
+"""AWS's vLLM DLC: its SageMaker tags take `SM_VLLM_*` variables (aws/model-hosting-container-
+standards docs/sagemaker/01_quickstart.md; AWS DLC docs vllm/configuration). For the SDK's other
+vLLM image, `huggingface-vllm` (its ModelBuilder default), we found no documented variables for the
+limits we set, so we use the image whose contract is written down."""
+FRAMEWORK = TGI_FRAMEWORK
 _ANY_GPU_INSTANCE = (
     "ml.g5.2xlarge"  # the URI does not depend on the GPU instance; the SDK wants one
 )
 
 
 @cache
-def _config() -> dict:
+def _config(framework: str) -> dict:
     from sagemaker.core import image_uris
 
-    return image_uris.config_for_framework(FRAMEWORK)["inference"]
+    return image_uris.config_for_framework(framework)["inference"]
 
 
-def supported_versions() -> list[str]:
-    return sorted(_config()["versions"], key=lambda v: tuple(int(p) for p in v.split(".")))
+def supported_versions(framework: str = FRAMEWORK) -> list[str]:
+    return sorted(_config(framework)["versions"], key=lambda v: tuple(int(p) for p in v.split(".")))
 
 
 @cache
-def image_uri(version: str, region: str) -> str:
+def image_uri(version: str, region: str, framework: str = FRAMEWORK) -> str:
     from sagemaker.core import image_uris
 
     return image_uris.retrieve(
-        FRAMEWORK,
+        framework,
         region=region,
         version=version,
         image_scope="inference",
@@ -39,10 +46,10 @@ def image_uri(version: str, region: str) -> str:
 
 
 @cache
-def regional_image_uris(version: str) -> dict[str, str]:
+def regional_image_uris(version: str, framework: str = FRAMEWORK) -> dict[str, str]:
     """Every region the SDK knows an account for, mapped to that region's image URI."""
-    regions = _config()["versions"][version]["registries"]
-    return {region: image_uri(version, region) for region in sorted(regions)}
+    regions = _config(framework)["versions"][version]["registries"]
+    return {region: image_uri(version, region, framework) for region in sorted(regions)}
 
 
 def registry_account(image: str) -> str:

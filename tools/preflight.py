@@ -7,8 +7,11 @@
 - service-quota: `<instance type> for endpoint usage` covers the instances at max scale.
 - hf-token, hub-model, hub-revision: the model is on the Hub at the revision, readable with the token
   the endpoint will use (gated models: the Secrets Manager secret, or HF_TOKEN for the check).
-- gpu-memory: weights + KV cache for the TGI limits + overhead fit the instance's GPU memory.
-- tgi-limits: max_total_tokens within the model's max_position_embeddings.
+- gpu-memory: weights + KV cache for the engine's limits + overhead fit the instance's GPU memory
+  (vLLM: within the gpu_memory_utilization share it takes, its KV cache holding at least one
+  max_model_len sequence, or it refuses to start).
+- tgi-limits / vllm-limits: max_total_tokens (vLLM: max_model_len) within the model's
+  max_position_embeddings.
 - qdrant: the collections exist with one unnamed 384-d vector (when a Qdrant URL is configured).
 - api-gateway-logging-role: the region's API Gateway account settings name a CloudWatch Logs
   role that exists (stage access and execution logging need it; the stack does not own it).
@@ -312,12 +315,12 @@ class HfToken:
 
 
 def parse_secret_token(secret_string: str) -> str:
-    """The secret must hold the bare token: the stack passes the whole value to TGI as HF_TOKEN,
+    """The secret must hold the bare token: the stack passes the whole value to the container as HF_TOKEN,
     so a JSON secret that would pass a lenient check here would break the endpoint."""
     text = secret_string.strip()
     if text.startswith("{"):
         raise ValueError(
-            "the secret holds JSON, but TGI receives the whole value as HF_TOKEN: "
+            "the secret holds JSON, but the container receives the whole value as HF_TOKEN: "
             "store the bare token string"
         )
     if not text:
@@ -390,11 +393,12 @@ class MemoryEstimate:
 def _weights(config: ModelConfig, info: Any) -> tuple[int, float, str]:
     """(parameter count, weight bytes, dtype label) from the Hub's safetensors metadata."""
     safetensors = getattr(info, "safetensors", None)
+    quantize = config.tgi.quantize if config.tgi is not None else None
     if safetensors is not None and safetensors.parameters:
         params = int(safetensors.total)
-        if config.tgi.quantize in LOAD_TIME_QUANT_BYTES:
-            per_param = LOAD_TIME_QUANT_BYTES[config.tgi.quantize]
-            return params, params * per_param, f"{config.tgi.quantize} (quantized at load)"
+        if quantize in LOAD_TIME_QUANT_BYTES:
+            per_param = LOAD_TIME_QUANT_BYTES[quantize]
+            return params, params * per_param, f"{quantize} (quantized at load)"
         weight_bytes = sum(
             n * SAFETENSORS_DTYPE_BYTES.get(d, 2) for d, n in safetensors.parameters.items()
         )
@@ -406,7 +410,8 @@ def _weights(config: ModelConfig, info: Any) -> tuple[int, float, str]:
         total = sum(int(s.size) for s in files)
         return 0, float(total), "safetensors files"
     raise ValueError(
-        "the Hub reports no safetensors metadata for this revision (TGI needs safetensors weights)"
+        "the Hub reports no safetensors metadata for this revision (the engine needs safetensors "
+        "weights)"
     )
 
 
@@ -432,19 +437,30 @@ def estimate_memory(
 ) -> MemoryEstimate:
     params, weight_bytes, dtype = _weights(config, info)
     per_token = kv_bytes_per_token(model_config)
-    # Without MAX_BATCH_TOTAL_TOKENS TGI sizes the cache from free memory; it needs at least one
-    # full-length request and one full prefill batch.
-    tokens = config.tgi.max_batch_total_tokens or max(
-        config.tgi.max_total_tokens, config.tgi.prefill_tokens
-    )
+    if config.tgi is not None:
+        # Without MAX_BATCH_TOTAL_TOKENS TGI sizes the cache from free memory; it needs at least
+        # one full-length request and one full prefill batch.
+        tokens = config.tgi.max_batch_total_tokens or max(
+            config.tgi.max_total_tokens, config.tgi.prefill_tokens
+        )
+        prefill = config.tgi.prefill_tokens
+        available = float(config.gpu_memory_gib)
+    else:
+        # vLLM takes gpu_memory_utilization of each GPU and turns what weights and activations
+        # leave into KV cache, which must hold one max_model_len sequence for it to start (vLLM
+        # docs "Optimization and Tuning": it pre-allocates the cache from that share). A full
+        # unchunked prefill of max_model_len bounds its activations from above.
+        assert config.vllm is not None
+        tokens = prefill = config.vllm.max_model_len
+        available = config.gpu_memory_gib * config.vllm.gpu_memory_utilization
     cfg = _text_config(model_config)
     intermediate = int(cfg.get("intermediate_size") or 4 * int(cfg.get("hidden_size", 0)))
-    activations = config.tgi.prefill_tokens * intermediate * PREFILL_ACTIVATIONS_PER_TOKEN * 2
+    activations = prefill * intermediate * PREFILL_ACTIVATIONS_PER_TOKEN * 2
     return MemoryEstimate(
         weights_gib=weight_bytes / GIB,
         kv_gib=tokens * per_token / GIB,
         overhead_gib=CUDA_OVERHEAD_GIB_PER_GPU * config.gpus + activations / GIB,
-        available_gib=float(config.gpu_memory_gib),
+        available_gib=available,
         kv_tokens=tokens,
         kv_bytes_per_token=per_token,
         params=params,
@@ -460,39 +476,49 @@ def memory_result(config: ModelConfig, est: MemoryEstimate) -> CheckResult:
         f"({est.kv_tokens} tokens x {est.kv_bytes_per_token // 1024} KiB) + overhead {est.overhead_gib:.1f} GiB "
         f"= {est.needed_gib:.1f} GiB of {est.available_gib:.0f} GiB available ({gpus} on {config.instance_type})"
     )
+    if config.vllm is not None:
+        numbers += f", the {config.vllm.gpu_memory_utilization:g} gpu_memory_utilization share"
     if est.fits:
-        full = est.spare_tokens // config.tgi.max_total_tokens
+        full = est.spare_tokens // config.max_total_tokens
         return CheckResult(
             "PASS",
             "gpu-memory",
             f"{numbers}; spare room for ~{est.spare_tokens} more tokens (~{full} full requests)",
         )
-    return CheckResult(
-        "FAIL",
-        "gpu-memory",
-        f"{numbers}: choose a larger instance, set tgi.quantize, or lower the TGI token limits",
+    fix = (
+        "set tgi.quantize, or lower the TGI token limits"
+        if config.vllm is None
+        else "raise vllm.gpu_memory_utilization, or lower vllm.max_model_len (vLLM refuses to "
+        "start when its KV cache cannot hold one max_model_len sequence)"
     )
+    return CheckResult("FAIL", "gpu-memory", f"{numbers}: choose a larger instance, {fix}")
+
+
+def limits_check(config: ModelConfig) -> str:
+    return f"{config.engine}-limits"
 
 
 def limits_result(config: ModelConfig, model_config: Mapping[str, Any]) -> CheckResult:
+    check = limits_check(config)
     cfg = _text_config(model_config)
     max_pos = cfg.get("max_position_embeddings")
     if not isinstance(max_pos, int):
         return CheckResult(
-            "SKIP", "tgi-limits", "config.json has no max_position_embeddings to compare with"
+            "SKIP", check, "config.json has no max_position_embeddings to compare with"
         )
-    total = config.tgi.max_total_tokens
+    total = config.max_total_tokens
+    field = "tgi.max_total_tokens" if config.engine == "tgi" else "vllm.max_model_len"
     if total > max_pos:
         return CheckResult(
             "FAIL",
-            "tgi-limits",
-            f"tgi.max_total_tokens {total} exceeds the model's max_position_embeddings {max_pos}: "
-            f"TGI refuses to start; lower max_total_tokens (and max_input_tokens) to at most {max_pos}",
+            check,
+            f"{field} {total} exceeds the model's max_position_embeddings {max_pos}: "
+            f"{config.engine} refuses to start; lower it (and max_input_tokens) to at most {max_pos}",
         )
     return CheckResult(
         "PASS",
-        "tgi-limits",
-        f"max_input_tokens {config.tgi.max_input_tokens} < max_total_tokens {total} <= "
+        check,
+        f"max_input_tokens {config.max_input_tokens} < {field} {total} <= "
         f"max_position_embeddings {max_pos}",
     )
 
@@ -509,7 +535,7 @@ def check_hub(config: ModelConfig, hub: HubClient, token: HfToken) -> list[Check
     page = f"https://huggingface.co/{repo}"
     skipped = [
         CheckResult("SKIP", name, "the model could not be read from the Hub")
-        for name in ("hub-revision", "gpu-memory", "tgi-limits")
+        for name in ("hub-revision", "gpu-memory", limits_check(config))
     ]
     try:
         info = hub.model_info(repo, revision=rev, token=token.value)

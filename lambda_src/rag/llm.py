@@ -1,6 +1,7 @@
-"""The two `ports.LLM` adapters: a SageMaker real-time endpoint running Hugging Face TGI, and a
-plain HTTP TGI / OpenAI-compatible server (local mode). Both speak TGI 3.3.6's protocol
-(`../shared/contracts/tgi-openapi.json`) and turn every failure into a `rag.errors.ApiError`.
+"""The two `ports.LLM` adapters: a SageMaker real-time endpoint running Hugging Face TGI or vLLM,
+and a plain HTTP TGI / OpenAI-compatible server (local mode). TGI is spoken as its 3.3.6 protocol
+(`../shared/contracts/tgi-openapi.json`), vLLM as OpenAI's completions and chat; both adapters
+turn every failure into a `rag.errors.ApiError`.
 
 Timeout budget of one SageMaker call (DESIGN 5: API Gateway 29 s > Lambda > SageMaker read timeout):
 botocore makes at most MAX_ATTEMPTS = 2 attempts, and `_RetryGuard` only lets the second one
@@ -55,6 +56,8 @@ from rag.llm_stream import StreamKind, TextStream
 from rag.ports import LLM, Generation, GenerationParams
 
 Api = Literal["tgi", "openai"]
+Engine = Literal["tgi", "vllm"]
+"""The container behind a SageMaker endpoint: TGI's bodies, or vLLM's OpenAI-compatible ones."""
 
 RETRY_AFTER_SCALE_FROM_ZERO_S = 60
 """Inference component at zero copies: scale-out starts ~1 min after the first failed call."""
@@ -126,10 +129,7 @@ def openai_chat_body(
 ) -> dict[str, Any]:
     body = _chat_common(messages, params, model)
     if json_schema is not None:
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": JSON_SCHEMA_NAME, "schema": dict(json_schema), "strict": True},
-        }
+        body["response_format"] = _json_schema_format(json_schema)
     return body
 
 
@@ -144,9 +144,18 @@ def openai_completion_body(
         **_sampling(params, temperature_zero_means_greedy=True),
     }
     if json_schema is not None:
-        # vLLM's structured-output extension; OpenAI's completions API has no schema field.
-        body["guided_json"] = dict(json_schema)
+        # vLLM's completions take the chat API's response_format too; its older `guided_json`
+        # extra field is gone and would be ignored (vllm entrypoints/openai/completion/protocol.py).
+        body["response_format"] = _json_schema_format(json_schema)
     return body
+
+
+def _json_schema_format(json_schema: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI's structured output; vLLM enforces it with guided decoding (structured_outputs)."""
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": JSON_SCHEMA_NAME, "schema": dict(json_schema), "strict": True},
+    }
 
 
 def _chat_common(
@@ -382,7 +391,9 @@ def _is_error(response: Any) -> bool:
 
 
 class SageMakerLLM:
-    """`ports.LLM` on a SageMaker real-time endpoint (TGI container) through `invoke_endpoint`.
+    """`ports.LLM` on a SageMaker real-time endpoint through `invoke_endpoint`: a TGI container
+    (its /generate and Messages API bodies) or a vLLM one (`engine="vllm"`: OpenAI completions and
+    chat bodies, which vLLM's /invocations routes by their shape; `model` is the served name).
 
     Clients are built per read timeout (a call's `timeout_s`, rounded up to whole seconds) and
     reused. An injected `client` serves every call with its own config; the retry guard is added
@@ -399,7 +410,15 @@ class SageMakerLLM:
         read_timeout_s: float,
         region_name: str | None = None,
         endpoint_url: str | None = None,
+        engine: Engine = "tgi",
+        model: str | None = None,
     ) -> None:
+        if engine not in ("tgi", "vllm"):
+            raise ValueError(f"engine must be 'tgi' or 'vllm', not {engine!r}")
+        if engine == "vllm" and not model:
+            raise ValueError("a vLLM endpoint needs the served model name")
+        self.engine = engine
+        self.model = model or TGI_CHAT_MODEL
         self.endpoint_name = endpoint_name
         self.inference_component = inference_component
         self.description = f"sagemaker:{endpoint_name}" + (
@@ -424,6 +443,9 @@ class SageMakerLLM:
         json_schema: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Generation:
+        if self.engine == "vllm":
+            body = openai_completion_body(prompt, params, json_schema, model=self.model)
+            return parse_completion_response(self._invoke(body, timeout_s), params.stop)
         body = tgi_generate_body(prompt, params, json_schema)
         return parse_generate_response(self._invoke(body, timeout_s), params.stop)
 
@@ -435,7 +457,8 @@ class SageMakerLLM:
         json_schema: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Generation:
-        body = tgi_chat_body(messages, params, json_schema)
+        build = openai_chat_body if self.engine == "vllm" else tgi_chat_body
+        body = build(messages, params, json_schema, model=self.model)
         return parse_chat_response(self._invoke(body, timeout_s), params.stop)
 
     def client_for(self, timeout_s: float | None = None) -> Any:
@@ -467,7 +490,14 @@ class SageMakerLLM:
     def stream_complete(
         self, prompt: str, params: GenerationParams, *, stall_timeout_s: float
     ) -> TextStream:
-        """TGI's streamed /invocations (`stream: true`) through InvokeEndpointWithResponseStream."""
+        """`stream: true` at /invocations through InvokeEndpointWithResponseStream: TGI's
+        StreamResponse events, or vLLM's completion chunks ending in `data: [DONE]`."""
+        if self.engine == "vllm":
+            body = {
+                **openai_completion_body(prompt, params, None, model=self.model),
+                "stream": True,
+            }
+            return self._stream(body, "completion", stall_timeout_s)
         body = {**tgi_generate_body(prompt, params, None), "stream": True}
         return self._stream(body, "tgi", stall_timeout_s)
 
@@ -478,7 +508,8 @@ class SageMakerLLM:
         *,
         stall_timeout_s: float,
     ) -> TextStream:
-        body = {**tgi_chat_body(messages, params, None), "stream": True}
+        build = openai_chat_body if self.engine == "vllm" else tgi_chat_body
+        body = {**build(messages, params, None, model=self.model), "stream": True}
         return self._stream(body, "chat", stall_timeout_s)
 
     def _invoke_kwargs(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -828,15 +859,18 @@ def build_llm(
     connect_timeout_s: float,
     read_timeout_s: float,
     model: str | None = None,
+    engine: Engine = "tgi",
 ) -> LLM | None:
     """The configured adapter: a SageMaker endpoint wins over a URL; None when neither is set
-    (the caller answers 503 llm_not_configured)."""
+    (the caller answers 503 llm_not_configured). `engine` picks the endpoint's body format."""
     if endpoint:
         return SageMakerLLM(
             endpoint,
             inference_component or None,
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,
+            engine=engine,
+            model=model,
         )
     if url:
         return HttpLLM(

@@ -96,7 +96,7 @@ def pieces_from_events(
             raise ModelError(
                 "The model's stream sent an unexpected event.", code="model_bad_response"
             )
-        if "error" in payload:
+        if "error" in payload or payload.get("object") == "error":
             raise stream_error(payload)
         text = _piece(kind, payload, state)
         if text:
@@ -104,14 +104,21 @@ def pieces_from_events(
 
 
 def stream_error(payload: dict[str, Any]) -> ApiError:
-    """A TGI ErrorResponse (or OpenAI error object) received inside the stream."""
+    """A TGI ErrorResponse, or an OpenAI-style error received inside the stream: vLLM's
+    `{"error": {"message", "type", "param", "code"}}` (before 0.10 the same fields flat, with
+    `"object": "error"`), whose `code` is the HTTP status it would have answered."""
     from rag.llm import error_for_status  # one status mapping for buffered and streamed calls
 
     error = payload.get("error")
     kind = payload.get("error_type")
-    if isinstance(error, dict):  # OpenAI-compatible servers nest it
-        kind = error.get("type")
-    status = TGI_ERROR_STATUS.get(kind if isinstance(kind, str) else "", 424)
+    openai = error if isinstance(error, dict) else payload if "error" not in payload else {}
+    if openai:
+        kind = openai.get("type")
+    code = openai.get("code") if openai else None
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        status = code
+    else:
+        status = TGI_ERROR_STATUS.get(kind if isinstance(kind, str) else "", 424)
     return error_for_status(status, json.dumps(payload), where="the model's stream")
 
 

@@ -78,6 +78,8 @@ class ModelProfile(BaseModel):
     name: str = Field(min_length=1)
     model_id: str = Field(min_length=1)
     revision: str = Field(min_length=1)
+    engine: Literal["tgi", "vllm"] = "tgi"
+    """The SageMaker endpoint's container, which decides the request bodies sent to it."""
     prompt_format: Literal["alpaca", "chat"]
     max_input_tokens: int = Field(ge=1)
     max_total_tokens: int = Field(ge=2)

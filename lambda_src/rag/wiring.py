@@ -67,7 +67,6 @@ def _load_models(settings: Settings) -> tuple[Embedder, Reranker | None]:
 
 
 def _build_clients(settings: Settings) -> tuple[VectorStore, LLM | None, TraceSink]:
-    from rag.llm import build_llm
     from rag.sinks import build_sink
     from rag.vectorstore import QdrantStore
 
@@ -77,7 +76,16 @@ def _build_clients(settings: Settings) -> tuple[VectorStore, LLM | None, TraceSi
         api_key=settings.qdrant_api_key() if settings.qdrant_url else None,
         timeout_s=settings.qdrant_timeout_s,
     )
-    llm = build_llm(
+    sink = build_sink(settings)
+    return store, llm_from_settings(settings), sink
+
+
+def llm_from_settings(settings: Settings) -> LLM | None:
+    """The LLM adapter the settings name: a SageMaker endpoint (its engine from MODEL_PROFILE)
+    or an LLM_URL spoken as LLM_API; None when neither is set."""
+    from rag.llm import build_llm
+
+    return build_llm(
         url=settings.llm_url,
         api=settings.llm_api,
         endpoint=settings.llm_endpoint,
@@ -85,9 +93,8 @@ def _build_clients(settings: Settings) -> tuple[VectorStore, LLM | None, TraceSi
         connect_timeout_s=settings.llm_connect_timeout_s,
         read_timeout_s=settings.llm_read_timeout_s,
         model=settings.model_profile.model_id,
+        engine=settings.model_profile.engine,
     )
-    sink = build_sink(settings)
-    return store, llm, sink
 
 
 def _path(value: str | None) -> Path | None:

@@ -1,4 +1,5 @@
-"""A Hugging Face TGI model on a SageMaker real-time endpoint, hosted as an inference component.
+"""A Hugging Face TGI (or vLLM, by config) model on a SageMaker real-time endpoint, hosted as an
+inference component.
 
 Inference components let one config switch choose between an always-on endpoint and one that
 scales to zero instances when idle (DESIGN 4). Names are derived from the config, not from
@@ -117,7 +118,7 @@ class TgiEndpoint(Construct):
         self.endpoint_name = self.ref.endpoint_name
         self.inference_component_name = self.ref.inference_component_name
 
-        image = self._image_uri(config.tgi_version)
+        image = self._image_uri(config.engine_version, config.image_framework)
         self.log_group = log_group = logs.LogGroup(
             self,
             "Logs",
@@ -125,9 +126,9 @@ class TgiEndpoint(Construct):
             retention=LOG_RETENTION,
             removal_policy=RemovalPolicy.DESTROY,
         )
-        self.role = self._execution_role(image, log_group)
+        self.role = self._execution_role(config, log_group)
 
-        environment = config.tgi_environment()
+        environment = config.container_environment()
         if config.hf_token_secret_name:
             # A CloudFormation dynamic reference: the template holds the secret's name only;
             # CloudFormation resolves it when it creates the model.
@@ -209,14 +210,14 @@ class TgiEndpoint(Construct):
         component.node.add_dependency(log_group)
         self._scaling(component)
 
-    def _image_uri(self, version: str) -> str:
+    def _image_uri(self, version: str, framework: str) -> str:
         stack = Stack.of(self)
-        uris = tgi_image.regional_image_uris(version)
+        uris = tgi_image.regional_image_uris(version, framework)
         # lazy: a pinned region resolves at synth to a plain string; an environment-agnostic
         # stack gets a region -> image mapping resolved by CloudFormation at deploy.
         mapping = CfnMapping(
             self,
-            "TgiImage",
+            "ContainerImage",
             mapping={
                 region: {"uri": uri, "account": tgi_image.registry_account(uri)}
                 for region, uri in uris.items()
@@ -227,12 +228,13 @@ class TgiEndpoint(Construct):
         self._image_repository = tgi_image.repository_name(next(iter(uris.values())))
         return mapping.find_in_map(stack.region, "uri")
 
-    def _execution_role(self, image: str, log_group: logs.LogGroup) -> iam.Role:
+    def _execution_role(self, config: ModelConfig, log_group: logs.LogGroup) -> iam.Role:
         role = iam.Role(
             self,
             "ExecutionRole",
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
-            description=f"TGI container of {self.endpoint_name}: pull its image, write its logs",
+            description=f"{config.engine} container of {self.endpoint_name}: pull its image, "
+            "write its logs",
         )
         repository_arn = Stack.of(self).format_arn(
             service="ecr",

@@ -631,7 +631,8 @@ def _generation_request(
         kind="completion",
         prompt=prompt if isinstance(prompt, str) else "\n".join(prompt),
         body=body,
-        schema=body.get("guided_json"),
+        # OpenAI-compatible servers (vLLM) take the chat API's response_format on completions.
+        schema=_openai_schema(body.get("response_format")) if flavor == "openai" else None,
         stop=tuple(body.get("stop") or ()),
         max_new_tokens=body.get("max_tokens"),
     )

@@ -369,3 +369,73 @@ def test_qdrant_url_must_be_http_or_https():
     with pytest.raises(ConfigError, match=r"key 'qdrant_url'"):
         load_deployment_config({"qdrant_url": "ftp://qdrant.example"})
     assert load_deployment_config({"qdrant_url": "https://q.example:6333"}).qdrant_url
+
+
+# --------------------------------------------------------------------------- engine: vllm
+
+VLLM_GOOD = yaml.safe_load((REPO / "model_config" / "twin-llama-3.1-8b-vllm.yaml").read_text())
+
+
+def test_the_shipped_vllm_config_is_the_default_model_on_an_image_the_sdk_knows():
+    """The vLLM version is one the sagemaker SDK's image config (`vllm`, AWS's DLC) lists."""
+    from sagemaker.core import image_uris
+
+    vllm, tgi = load_model_config("twin-llama-3.1-8b-vllm"), load_model_config("twin-llama-3.1-8b")
+    assert (vllm.engine, tgi.engine) == ("vllm", "tgi")
+    assert vllm.hf_model_id == tgi.hf_model_id and vllm.prompt_format == tgi.prompt_format
+    known = image_uris.config_for_framework("vllm")["inference"]["versions"]
+    assert vllm.vllm_version in known
+    assert (vllm.max_input_tokens, vllm.max_total_tokens) == (2048, 4096)
+
+
+def test_engine_lists_its_allowed_values(tmp_path):
+    message = _error(tmp_path, _with(engine="sglang"))
+    assert "field 'engine'" in message and "'tgi' or 'vllm'" in message and "m.yaml" in message
+
+
+def test_unknown_vllm_version_lists_the_sdk_versions(tmp_path):
+    message = _error(tmp_path, {**VLLM_GOOD, "vllm_version": "0.1.0"})
+    assert "field 'vllm_version'" in message and "0.30.0" in message
+
+
+def test_vllm_engine_needs_its_version_and_limits_and_takes_no_tgi_fields(tmp_path):
+    no_limits = {k: v for k, v in VLLM_GOOD.items() if k != "vllm"}
+    assert "engine vllm needs 'vllm'" in _error(tmp_path, no_limits)
+    mixed = {**VLLM_GOOD, "tgi_version": "3.3.6"}
+    assert "'tgi_version' is for engine tgi" in _error(tmp_path, mixed)
+    tgi_without_version = {k: v for k, v in GOOD.items() if k != "tgi_version"}
+    assert "engine tgi needs 'tgi_version'" in _error(tmp_path, tgi_without_version)
+
+
+def test_vllm_limits_are_checked_like_tgis(tmp_path):
+    vllm = {**VLLM_GOOD["vllm"], "max_input_tokens": 4096}
+    assert "must be less than max_model_len" in _error(tmp_path, {**VLLM_GOOD, "vllm": vllm})
+    vllm = {**VLLM_GOOD["vllm"], "gpu_memory_utilization": 1.5}
+    assert "field 'vllm.gpu_memory_utilization'" in _error(tmp_path, {**VLLM_GOOD, "vllm": vllm})
+    generation = {**VLLM_GOOD["generation"], "max_new_tokens_limit": 3000}
+    message = _error(tmp_path, {**VLLM_GOOD, "generation": generation})
+    assert "vllm.max_model_len - vllm.max_input_tokens (2048)" in message
+
+
+def test_vllm_environment_uses_the_containers_sm_vllm_variables(tmp_path):
+    """AWS's vLLM DLC turns each SM_VLLM_<FLAG> into `vllm serve --<flag>`; SM_VLLM_MODEL takes a
+    Hub id or a local folder (aws/model-hosting-container-standards docs/sagemaker/
+    01_quickstart.md; https://aws.github.io/deep-learning-containers/vllm/configuration/)."""
+    env = load_model_config("twin-llama-3.1-8b-vllm").container_environment()
+    assert env["SM_VLLM_MODEL"] == "mlabonne/TwinLlama-3.1-8B-DPO"
+    assert env["SM_VLLM_REVISION"] == "main"
+    assert env["SM_VLLM_TENSOR_PARALLEL_SIZE"] == "1"
+    assert env["SM_VLLM_MAX_MODEL_LEN"] == "4096"
+    assert env["SM_VLLM_MAX_NUM_SEQS"] == "16"
+    assert env["SM_VLLM_GPU_MEMORY_UTILIZATION"] == "0.9"
+    assert not any(k.startswith(("HF_MODEL", "MAX_", "SM_NUM")) for k in env)  # no TGI variables
+    # Staged weights: SageMaker puts them in /opt/ml/model, which SM_VLLM_MODEL then names
+    sha = "a" * 40
+    _write(tmp_path, {**VLLM_GOOD, "hf_revision": sha, "weights_s3_uri": "s3://bucket/w"})
+    staged = load_model_config("m", tmp_path).container_environment()
+    assert staged["SM_VLLM_MODEL"] == "/opt/ml/model" and "SM_VLLM_REVISION" not in staged
+
+
+def test_the_runtime_profile_tells_the_lambda_the_engine():
+    assert load_model_config("twin-llama-3.1-8b-vllm").runtime_profile()["engine"] == "vllm"
+    assert load_model_config("twin-llama-3.1-8b").runtime_profile()["engine"] == "tgi"

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from rag.errors import ModelError, UpstreamTimeout
+from rag.errors import BadRequest, ModelError, UpstreamTimeout
 from rag.llm import SageMakerLLM
-from rag.llm_stream import SseDecoder, StopFilter
+from rag.llm_stream import SseDecoder, StopFilter, TextStream
 from rag.ports import GenerationParams
 from tests.fakes.tgi_server import Fault, TgiServer, fixed, model_stream_error, payload_part
 
@@ -136,3 +136,45 @@ def test_the_hand_built_frames_decode_with_botocores_parser() -> None:
     assert first.payload == "é".encode()[:1]
     assert second.headers[":exception-type"] == "ModelStreamError"
     assert json.loads(second.payload)["Message"] == "boom"
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        # vLLM's ErrorResponse since 0.10: ErrorInfo nested under `error`, `code` the status
+        {
+            "error": {
+                "message": "prompt too long",
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+        },
+        # before 0.10 the same fields flat, `"object": "error"`
+        {
+            "object": "error",
+            "message": "prompt too long",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        },
+    ],
+)
+def test_a_vllm_error_event_keeps_its_status(event: dict) -> None:
+    """vLLM streams an error as one `data: {error}` event whose code is the HTTP status it would
+    have answered (vllm entrypoints/openai/engine/protocol.py ErrorResponse; its serving layer's
+    create_streaming_error_response)."""
+    stream = TextStream(
+        "completion", iter([f"data: {json.dumps(event)}\n\n".encode()]), lambda: None
+    )
+    with pytest.raises(BadRequest, match="prompt too long"):
+        list(stream)
+
+
+def test_a_vllm_engine_error_event_is_a_model_error() -> None:
+    event = {"error": {"message": "EngineDeadError", "type": "InternalServerError", "code": 500}}
+    stream = TextStream(
+        "chat", iter([f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode()]), lambda: None
+    )
+    with pytest.raises(ModelError, match="EngineDeadError"):
+        list(stream)

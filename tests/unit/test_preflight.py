@@ -246,6 +246,52 @@ def test_total_tokens_beyond_max_position_embeddings_fail(fake_hub: tuple[FakeHu
     assert "max_total_tokens 40000 exceeds the model's max_position_embeddings 32768" in limits.why
 
 
+def test_vllm_model_fits_within_its_gpu_memory_utilization_share(
+    fake_hub: tuple[FakeHub, HfHub],
+) -> None:
+    """vLLM takes gpu_memory_utilization of each GPU and pre-allocates its KV cache from what the
+    weights leave (https://docs.vllm.ai/en/stable/configuration/optimization/ "Preemption":
+    "vLLM pre-allocates GPU cache using this percentage of memory")."""
+    # Given TwinLlama 8B on vLLM, 0.9 of one 24 GiB A10G, max_model_len 4096
+    config = load_model_config("twin-llama-3.1-8b-vllm")
+    results = by_check(check_hub(config, fake_hub[1], HfToken(None, "x")))
+
+    # Then the budget is 21.6 GiB, and the one max_model_len sequence it must hold fits in it
+    memory = results["gpu-memory"]
+    assert memory.status == "PASS", memory.why
+    assert "weights 15.0 GiB (8.03B params, BF16)" in memory.why
+    assert "KV cache 0.5 GiB (4096 tokens x 128 KiB)" in memory.why
+    assert "= 17.3 GiB of 22 GiB available" in memory.why  # 21.6 rounded
+    assert "the 0.9 gpu_memory_utilization share" in memory.why
+    # And what is left becomes KV cache: ~35k tokens, ~8 full-length requests at once
+    assert "spare room for ~3" in memory.why and "(~8 full requests)" in memory.why
+    assert results["vllm-limits"].status == "PASS"
+    assert "vllm.max_model_len 4096 <= max_position_embeddings 131072" in results["vllm-limits"].why
+
+
+def test_vllm_with_too_small_a_memory_share_fails_saying_what_to_raise(
+    fake_hub: tuple[FakeHub, HfHub],
+) -> None:
+    # Given only 0.7 of the A10G (16.8 GiB) for 15 GiB of weights and a 4096-token sequence
+    config = variant("twin-llama-3.1-8b-vllm", vllm={"gpu_memory_utilization": 0.7})
+    memory = by_check(check_hub(config, fake_hub[1], HfToken(None, "x")))["gpu-memory"]
+    assert memory.status == "FAIL"
+    assert "raise vllm.gpu_memory_utilization" in memory.why
+
+
+def test_vllm_max_model_len_beyond_max_position_embeddings_fails(
+    fake_hub: tuple[FakeHub, HfHub],
+) -> None:
+    config = variant(
+        "twin-llama-3.1-8b-vllm", vllm={"max_model_len": 200_000, "max_input_tokens": 190_000}
+    )
+    limits = by_check(check_hub(config, fake_hub[1], HfToken(None, "x")))["vllm-limits"]
+    assert limits.status == "FAIL"
+    assert "vllm.max_model_len 200000 exceeds the model's max_position_embeddings 131072" in (
+        limits.why
+    )
+
+
 def test_gated_model_without_token_fails_with_what_to_do(fake_hub: tuple[FakeHub, HfHub]) -> None:
     results = check_hub(
         load_model_config("llama-3.1-8b-instruct"), fake_hub[1], HfToken(None, "anonymous")
