@@ -33,7 +33,13 @@ from rag.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from rag.models import RagRequest, RetrieveRequest, loads_json_body, parse_request
+from rag.models import (
+    JsonBodyError,
+    RagRequest,
+    RetrieveRequest,
+    loads_json_body,
+    parse_request,
+)
 from rag.observability import flush_metrics, logger
 from rag.pipeline import Deps
 from web import sse
@@ -117,6 +123,8 @@ def create_app(deps_factory: Callable[[], Deps]) -> FastAPI:
             raise BadRequest("body: a JSON object is required", code="invalid_json")
         try:
             return loads_json_body(raw)
+        except JsonBodyError as exc:
+            raise BadRequest(str(exc), code="invalid_json") from None
         except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise BadRequest("body: not valid JSON", code="invalid_json") from None
 

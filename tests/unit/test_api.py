@@ -333,6 +333,46 @@ def test_every_pipeline_request_emits_exactly_one_trace_even_when_rejected() -> 
     assert len({e["trace_id"] for e in world.sink.events}) == 5
 
 
+LONE_SURROGATE_BODY = '{"query": "\\ud800"}'
+"""Valid RFC 8259 grammar (any \\uXXXX escape), yet I-JSON (RFC 7493 section 2.1,
+https://www.rfc-editor.org/rfc/rfc7493#section-2.1) says strings MUST NOT hold lone surrogates,
+and RFC 8259 section 8.2 calls their handling unpredictable: no UTF-8 output can carry one."""
+DEEP_NESTING = 5000
+"""RFC 8259 section 9 lets a parser limit nesting depth; Python's json raises RecursionError
+near 1000 levels (sys.getrecursionlimit)."""
+
+
+def deeply_nested_body(levels: int = DEEP_NESTING) -> str:
+    return '{"query": "q", "x": ' + "[" * levels + "]" * levels + "}"
+
+
+@pytest.mark.parametrize("route", ["/rag", "/retrieve"])
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [
+        (LONE_SURROGATE_BODY, "application/json", "lone surrogate"),
+        (deeply_nested_body(), "application/vnd.api+json", "nested too deeply"),
+    ],
+    ids=["lone-surrogate", "deep-nesting"],
+)
+def test_unservable_json_is_a_traced_400_not_a_500(
+    route: str, body: str, content_type: str, reason: str
+) -> None:
+    """A lone surrogate and a body nested thousands of levels (under a +json type, which the
+    app accepts as JSON: RFC 6839 section 3.1 structured syntax suffix) are client errors: 400
+    with the error shape, and the refusal is traced like any rejected request."""
+    world = fake_world()
+
+    status, got, _ = post(world, route, body, content_type=content_type)
+
+    assert status == 400
+    assert reason in assert_error(got, "invalid_json")
+    [event] = world.sink.events
+    assert event["name"] == route.removeprefix("/")
+    assert event["metadata"]["status"] == 400
+    assert event["error"]["code"] == "invalid_json"
+
+
 def test_a_failing_trace_sink_does_not_break_the_answer() -> None:
     world = fake_world(sink=FailingSink())
 
