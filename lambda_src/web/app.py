@@ -43,6 +43,7 @@ from rag.models import (
 from rag.observability import flush_metrics, logger
 from rag.pipeline import Deps
 from web import sse
+from web.cors import CorsHeaders
 from web.responses import rag_body, retrieve_body
 
 MAX_BODY_BYTES = 16 * 1024
@@ -112,6 +113,7 @@ def wants_stream(request: Request, req: RagRequest) -> bool:
 def create_app(deps_factory: Callable[[], Deps]) -> FastAPI:
     """The app with its routes; `deps_factory` is called per request (it caches)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(CorsHeaders, origins=lambda: deps_factory().settings.cors_origins)
 
     async def read_json_body(request: Request) -> Any:
         raw = await request.body()

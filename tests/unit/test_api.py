@@ -309,6 +309,67 @@ def test_a_wrong_method_is_a_json_405_with_allow() -> None:
     assert headers["allow"] == "POST"
 
 
+# --- CORS on the app's own responses -------------------------------------------------------
+
+ALLOWED_ORIGIN = "https://app.example"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/rag", '{"query": "RAG"}', 200),
+        ("POST", "/retrieve", '{"query": "RAG", "k": 99}', 400),
+        ("GET", "/health", None, 200),
+        ("GET", "/nope", None, 404),
+    ],
+)
+def test_with_cors_origins_the_apps_own_responses_carry_cors_headers(
+    method: str, path: str, body: str | None, status: int
+) -> None:
+    """API Gateway answers the preflight and its own errors, but with a Lambda proxy integration
+    "your backend is responsible for returning the Access-Control-Allow-Origin" header
+    (https://docs.aws.amazon.com/apigateway/latest/developerguide/how-to-cors.html, "Enabling
+    CORS support for Lambda or HTTP proxy integrations"). An answer that depends on Origin says
+    `Vary: Origin` (Fetch standard, "CORS protocol and HTTP caches",
+    https://fetch.spec.whatwg.org/#cors-protocol-and-http-caches)."""
+    world = fake_world(env={"CORS_ORIGINS": f"{ALLOWED_ORIGIN},https://admin.example"})
+
+    got, _, headers = call(world, method, path, body, headers={"Origin": ALLOWED_ORIGIN})
+    _, _, foreign = call(world, method, path, body, headers={"Origin": "https://evil.example"})
+
+    assert got == status
+    assert headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "Origin" in headers["vary"]
+    assert "access-control-allow-origin" not in foreign  # the browser keeps the answer from it
+    assert "Origin" in foreign["vary"]
+
+
+def test_with_cors_origins_a_stream_carries_cors_headers() -> None:
+    """The streamed /rag is a response like any other for the browser (same CORS check)."""
+    world = fake_world(env={"CORS_ORIGINS": ALLOWED_ORIGIN})
+    client = TestClient(create_app(lambda: world.deps))
+
+    with client.stream(
+        "POST",
+        "/rag",
+        json={"query": "RAG", "stream": True},
+        headers={"Origin": ALLOWED_ORIGIN},
+    ) as response:
+        response.read()
+
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+
+
+def test_without_cors_origins_no_cors_header_is_added() -> None:
+    world = fake_world()
+
+    _, _, headers = call(world, "GET", "/health", headers={"Origin": ALLOWED_ORIGIN})
+
+    assert "access-control-allow-origin" not in headers
+    assert "vary" not in headers
+
+
 # --- traces per request ------------------------------------------------------------------------
 
 
