@@ -119,7 +119,10 @@ def create_app(deps_factory: Callable[[], Deps]) -> FastAPI:
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"body: larger than {MAX_BODY_BYTES} bytes")
-        if not _is_json_type(request.headers.get("content-type", "")):
+        content_type = request.headers.get("content-type", "")
+        # A missing header is accepted: some clients (and the API Gateway console) send JSON
+        # without one. Local mode requires it (tools/local_server.py: no CORS preflight without).
+        if content_type and not is_json_type(content_type):
             raise UnsupportedMediaType("Content-Type must be application/json")
         if not raw.strip():
             raise BadRequest("body: a JSON object is required", code="invalid_json")
@@ -222,8 +225,7 @@ async def _stream(events: Callable[[], Any], *, include_context: bool) -> Respon
     )
 
 
-def _is_json_type(content_type: str) -> bool:
-    """application/json (any parameters) or a +json type. A missing header is accepted: some
-    clients (and the API Gateway console) send JSON without one."""
+def is_json_type(content_type: str) -> bool:
+    """application/json (any parameters) or a +json type (RFC 6839 section 3.1)."""
     media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type in ("", "application/json") or media_type.endswith("+json")
+    return media_type == "application/json" or media_type.endswith("+json")
