@@ -3,7 +3,8 @@
 uvicorn serves the same ASGI app the Lambda runs behind the Lambda Web Adapter
 (`web.app.create_app` over `rag.wiring.build_deps`), so routes, validation, errors and streams
 are the deployed ones; this module only adds what API Gateway does in front of the Lambda (API
-key, 10 MB body limit, a request id) as a local-only middleware, and what a newcomer needs
+key, 10 MB body limit, CORS preflight, a request id) and what keeps other web pages out (Host,
+Origin, JSON-only POSTs) as a local-only middleware, and what a newcomer needs
 around it (models, a filled Qdrant, an LLM or a clear 503, traces). Settings are env vars, see
 README "Local mode".
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hmac
+import ipaddress
 import json
 import os
 import queue
@@ -25,7 +27,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,9 +66,24 @@ EXIT_CONFIG = 2
 GATEWAY_ERRORS: dict[int, tuple[str, str]] = {
     403: ("forbidden", "missing or invalid API key (x-api-key header)"),
     413: ("payload_too_large", "request body too large"),
+    415: ("unsupported_media_type", "send application/json"),
     502: ("internal_error", "the service failed; try again"),
 }
 """The gateway responses API Gateway answers with (stacks/constructs/rag_api.py), same bodies."""
+FOREIGN_HOST = (
+    421,
+    "misdirected_request",
+    "this server answers only loopback Host names (localhost, 127.0.0.1, [::1]) and "
+    "LOCAL_ALLOWED_HOSTS",
+)
+"""A Host this server is not (DNS rebinding: a web page's own name resolved to 127.0.0.1).
+RFC 9110 15.5.20: 421 is for a request directed at a server unwilling to answer for it."""
+FOREIGN_ORIGIN = (
+    403,
+    "forbidden",
+    "requests from other web pages are refused: only this server's own pages and CORS_ORIGINS",
+)
+PREFLIGHT_MAX_AGE_S = 600
 
 POWERTOOLS_DEFAULTS = {
     "POWERTOOLS_SERVICE_NAME": "rag-local",
@@ -336,20 +353,78 @@ def with_opik(deps: Deps, opik: TraceSink) -> Deps:
 # --------------------------------------------------------------------------- API Gateway's part
 
 
-def gateway_error(status: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    code, message = GATEWAY_ERRORS[status]
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+def error_reply(status: int, code: str, message: str) -> Reply:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     return status, [(b"content-type", b"application/json")], body
 
 
+def gateway_error(status: int) -> Reply:
+    return error_reply(status, *GATEWAY_ERRORS[status])
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1), bracketed or not."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without its port (RFC 9110 7.2; IPv6 in brackets)."""
+    if host_header.startswith("["):
+        return host_header[: host_header.find("]") + 1]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def check_exposure(host: str, api_key: str | None) -> None:
+    """Listening beyond loopback without an API key would serve the corpus (and spend LLM
+    time, with the developer's AWS credentials when LLM_ENDPOINT is set) to the network."""
+    if not is_loopback(host) and not api_key:
+        raise LocalConfigError(
+            f"--host {host} listens beyond this machine: set LOCAL_API_KEY (callers send it as "
+            "x-api-key), and LOCAL_ALLOWED_HOSTS to the names they reach this machine by"
+        )
+
+
+def split_setting(value: str | None) -> frozenset[str]:
+    return frozenset(v.strip().lower() for v in (value or "").split(",") if v.strip())
+
+
 class LocalGateway:
     """ASGI middleware doing, in local mode only, what API Gateway does in front of the Lambda:
-    the API key (403; the chat page's static files need none, as in AWS), the 10 MB body limit
-    (413, refused unread when announced), a request id header; plus one log line per request. The app behind it is the Lambda's, unchanged."""
+    the API key (403; the chat page's static files need none, as in AWS), the 10 MB body
+    limit (413, refused unread when announced), the CORS
+    preflight, a request id header; plus one log line per request. The app behind it is the
+    Lambda's, unchanged.
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None) -> None:
+    A developer's browser can reach this server from any web page, so it also refuses what a
+    page could send it: a Host that is not loopback or LOCAL_ALLOWED_HOSTS (DNS rebinding, 421),
+    an Origin other than its own or CORS_ORIGINS (403), and a POST that is not JSON (415): a
+    request without a JSON content type needs no CORS preflight (Fetch standard, CORS-safelisted
+    request headers), so a page could send one blind."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        allowed_hosts: Collection[str] = (),
+        allowed_origins: Collection[str] = (),
+    ) -> None:
+        from web.app import is_json_type  # after Powertools' defaults (it loads rag.observability)
+
         self.app = app
         self.api_key = api_key
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.allowed_origins = frozenset(allowed_origins)
+        self._is_json_type = is_json_type
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -381,17 +456,26 @@ class LocalGateway:
             elapsed_ms = (time.perf_counter() - started) * 1000
             log(f"{scope['method']} {scope['path']} {status} {elapsed_ms:.0f}ms")
 
-    async def _refusal(
-        self, scope: Scope, receive: Receive
-    ) -> tuple[tuple[int, list[tuple[bytes, bytes]], bytes] | None, bytes]:
-        """(a gateway error, or None and the whole body)."""
-        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+    async def _refusal(self, scope: Scope, receive: Receive) -> tuple[Reply | None, bytes]:
+        """(a gateway error or the preflight's answer, or None and the whole body)."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        name = host_name(host)
+        if not (is_loopback(name) or name.lower() in self.allowed_hosts):
+            return error_reply(*FOREIGN_HOST), b""
+        origin = headers.get("origin")
+        if origin is not None and not self._origin_allowed(origin, host):
+            return error_reply(*FOREIGN_ORIGIN), b""
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            return self._preflight(origin), b""
         if self.api_key is not None and not is_public(scope["method"], scope["path"]):
-            given = headers.get("x-api-key", b"")
+            given = headers.get("x-api-key", "").encode("latin-1")
             if not hmac.compare_digest(given, self.api_key.encode()):
                 return gateway_error(403), b""
+        if scope["method"] == "POST" and not self._is_json_type(headers.get("content-type", "")):
+            return gateway_error(415), b""
         try:
-            announced = int(headers.get("content-length", b"0") or 0)
+            announced = int(headers.get("content-length", "0") or 0)
         except ValueError:
             announced = MAX_BODY_BYTES + 1
         if announced > MAX_BODY_BYTES:
@@ -407,6 +491,25 @@ class LocalGateway:
             if len(body) > MAX_BODY_BYTES:  # chunked bodies announce no length
                 return gateway_error(413), b""
         return None, bytes(body)
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        """Its own pages (same scheme, host and port: this server speaks plain HTTP) or a
+        configured origin. `null` (sandboxed frames, file: pages) is never allowed."""
+        return origin == f"http://{host}" or origin in self.allowed_origins
+
+    def _preflight(self, origin: str | None) -> Reply:
+        """What the stack's OPTIONS method (a MOCK integration) answers, with the same lists."""
+        from web.cors import ALLOW_HEADERS, ALLOW_METHODS
+
+        headers = [
+            (b"access-control-allow-methods", ",".join(ALLOW_METHODS).encode()),
+            (b"access-control-allow-headers", ",".join(ALLOW_HEADERS).encode()),
+            (b"access-control-max-age", str(PREFLIGHT_MAX_AGE_S).encode()),
+            (b"vary", b"Origin"),
+        ]
+        if origin is not None:  # already checked: its own page or an allowed origin
+            headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
+        return 204, headers, b""
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -427,11 +530,19 @@ async def _send_whole(
     await send({"type": "http.response.body", "body": body})
 
 
-def local_app(deps: Deps, *, api_key: str | None = None) -> ASGIApp:
-    """The Lambda's app over `deps`, behind the local-only gateway middleware."""
+def local_app(
+    deps: Deps, *, api_key: str | None = None, allowed_hosts: Collection[str] = ()
+) -> ASGIApp:
+    """The Lambda's app over `deps`, behind the local-only gateway middleware. Browser origins
+    allowed in are the app's own CORS origins (CORS_ORIGINS), so one setting serves both."""
     from web.app import create_app
 
-    return LocalGateway(create_app(lambda: deps), api_key=api_key)
+    return LocalGateway(
+        create_app(lambda: deps),
+        api_key=api_key,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=deps.settings.cors_origins,
+    )
 
 
 class LocalServer:
@@ -531,6 +642,7 @@ def banner(
     lines = [
         f"LLM twin API (local) listening on {url}",
         f"  API key:   {'required (x-api-key: $LOCAL_API_KEY)' if api_key else 'not required'}",
+        f"  Browsers:  this server's own pages{''.join(f', {o}' for o in settings.cors_origins)}",
         f"  Qdrant:    {store.description}: {store.points} points ({counts}); {store.action}",
         f"  LLM:       {llm_description(settings)}",
         f"  Model:     {profile.name} ({profile.model_id}, prompt {profile.prompt_format})",
@@ -559,6 +671,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    api_key = _set(os.environ, "LOCAL_API_KEY")
+    try:
+        check_exposure(args.host, api_key)
+    except LocalConfigError as exc:
+        log(f"local mode cannot start: {exc}")
+        return EXIT_CONFIG
     for name, value in POWERTOOLS_DEFAULTS.items():
         os.environ.setdefault(name, value)  # read by Powertools when rag.observability loads
 
@@ -579,9 +697,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opik is not None:
         deps = with_opik(deps, opik[0])
 
-    api_key = _set(os.environ, "LOCAL_API_KEY")
+    allowed_hosts = split_setting(_set(os.environ, "LOCAL_ALLOWED_HOSTS"))
+    app = local_app(deps, api_key=api_key, allowed_hosts=allowed_hosts)
     try:
-        server = LocalServer(local_app(deps, api_key=api_key), args.host, args.port)
+        server = LocalServer(app, args.host, args.port)
     except OSError as exc:
         log(f"cannot listen on {args.host}:{args.port}: {exc} (try --port or LOCAL_PORT)")
         return EXIT_CONFIG

@@ -124,9 +124,9 @@ def uuid7_ms(value: str) -> int:
     return uuid.UUID(value).int >> 80
 
 
-def relocated_trace_id(original: str, *, now_s: float) -> str:
-    """A UUIDv7 for a late trace: the current hour as its time, the rest derived from the
-    original id, so the same late event gets the same new id until the hour turns."""
+def relocated_id(original: str, *, now_s: float) -> str:
+    """A UUIDv7 for a late trace or span: the current hour as its time, the rest derived from
+    the original id, so the same late event gets the same new ids until the hour turns."""
     ms = int(now_s // RELOCATION_BUCKET_S * RELOCATION_BUCKET_S * 1000)
     digest = int.from_bytes(hashlib.sha256(original.encode()).digest()[:10], "big")
     rand_a, rand_b = digest >> 68, digest & ((1 << 62) - 1)
@@ -139,14 +139,31 @@ def relocate_if_late(
 ) -> TraceEvent:
     """The event as Opik will take it: a trace id older than Opik's window (less the bucket the
     new id may lag by) is replaced, the original kept in the metadata as `original_trace_id`.
-    Span ids stay; the trace's times stay those of the request."""
+    Opik applies the same window to span ids (comet-ml/opik#7179), and spans were created with
+    their trace, so their ids (and parent ids, by the same derivation) are replaced too, each
+    original kept as `original_span_id`. Times stay those of the request."""
     age_s = now_s - uuid7_ms(event.trace_id) / 1000
     if age_s < window_s - RELOCATION_BUCKET_S:
         return event
+
+    def moved(span_id: str | None) -> str | None:
+        return None if span_id is None else relocated_id(span_id, now_s=now_s)
+
+    spans = [
+        span.model_copy(
+            update={
+                "id": moved(span.id),
+                "parent_id": moved(span.parent_id),
+                "metadata": {**(span.metadata or {}), "original_span_id": span.id},
+            }
+        )
+        for span in event.spans
+    ]
     return event.model_copy(
         update={
-            "trace_id": relocated_trace_id(event.trace_id, now_s=now_s),
+            "trace_id": relocated_id(event.trace_id, now_s=now_s),
             "metadata": {**event.metadata, "original_trace_id": event.trace_id},
+            "spans": spans,
         }
     )
 

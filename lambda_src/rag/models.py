@@ -178,10 +178,24 @@ def _describe_one(err: Any) -> str:
     return f"{loc}: {describe() if describe else err['msg']}"
 
 
+class JsonBodyError(ValueError):
+    """A body that parses as JSON but cannot be served; the message says why."""
+
+
 def loads_json_body(raw: bytes) -> Any:
-    """Strict JSON: UTF-8 only, no NaN/Infinity. Raises ValueError when it is not JSON."""
+    """Strict JSON: UTF-8 only, no NaN/Infinity, valid Unicode, nesting Python can hold.
+    Raises ValueError when it is not JSON, JsonBodyError when it is but cannot be used."""
 
     def _reject_constant(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")
 
-    return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        # An escaped lone surrogate ("\\ud800") decodes to a str no UTF-8 output (response,
+        # log, trace) can hold; I-JSON (RFC 7493 2.1) forbids it, so it is refused here.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise JsonBodyError("body: nested too deeply") from None
+    except UnicodeEncodeError:
+        raise JsonBodyError("body: a string holds a lone surrogate (not valid Unicode)") from None
+    return value

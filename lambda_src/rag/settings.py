@@ -181,6 +181,16 @@ class Settings(BaseModel):
         validation_alias="RERANK_MAX_LENGTH",
     )
 
+    cors_origins: tuple[str, ...] = Field(default=(), validation_alias="CORS_ORIGINS")
+    """Browser origins allowed to call the API (comma-separated; the stack's `cors_origins`)."""
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip().rstrip("/") for v in value.split(",") if v.strip())
+        return value
+
     @field_validator("model_profile", mode="before")
     @classmethod
     def _profile_from_json(cls, value: Any) -> Any:

@@ -33,10 +33,17 @@ from rag.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from rag.models import RagRequest, RetrieveRequest, loads_json_body, parse_request
+from rag.models import (
+    JsonBodyError,
+    RagRequest,
+    RetrieveRequest,
+    loads_json_body,
+    parse_request,
+)
 from rag.observability import flush_metrics, logger
 from rag.pipeline import Deps
 from web import page, sse
+from web.cors import CorsHeaders
 from web.responses import rag_body, retrieve_body
 
 MAX_BODY_BYTES = 16 * 1024
@@ -107,17 +114,23 @@ def wants_stream(request: Request, req: RagRequest) -> bool:
 def create_app(deps_factory: Callable[[], Deps]) -> FastAPI:
     """The app with its routes; `deps_factory` is called per request (it caches)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(CorsHeaders, origins=lambda: deps_factory().settings.cors_origins)
 
     async def read_json_body(request: Request) -> Any:
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"body: larger than {MAX_BODY_BYTES} bytes")
-        if not _is_json_type(request.headers.get("content-type", "")):
+        content_type = request.headers.get("content-type", "")
+        # A missing header is accepted: some clients (and the API Gateway console) send JSON
+        # without one. Local mode requires it (tools/local_server.py: no CORS preflight without).
+        if content_type and not is_json_type(content_type):
             raise UnsupportedMediaType("Content-Type must be application/json")
         if not raw.strip():
             raise BadRequest("body: a JSON object is required", code="invalid_json")
         try:
             return loads_json_body(raw)
+        except JsonBodyError as exc:
+            raise BadRequest(str(exc), code="invalid_json") from None
         except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise BadRequest("body: not valid JSON", code="invalid_json") from None
 
@@ -224,8 +237,7 @@ async def _stream(events: Callable[[], Any], *, include_context: bool) -> Respon
     )
 
 
-def _is_json_type(content_type: str) -> bool:
-    """application/json (any parameters) or a +json type. A missing header is accepted: some
-    clients (and the API Gateway console) send JSON without one."""
+def is_json_type(content_type: str) -> bool:
+    """application/json (any parameters) or a +json type (RFC 6839 section 3.1)."""
     media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type in ("", "application/json") or media_type.endswith("+json")
+    return media_type == "application/json" or media_type.endswith("+json")

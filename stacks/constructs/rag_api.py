@@ -30,6 +30,7 @@ from stacks.constructs.python_function import PythonFunction
 from stacks.constructs.tgi_endpoint import TgiEndpointRef
 from stacks.nag import acknowledge
 from stacks.request_schemas import ROUTE_MODELS, gateway_schema
+from web.cors import ALLOW_HEADERS, ALLOW_METHODS
 from web.page import STATIC_ROUTE
 
 # Timeout budget (DESIGN 5). The buffered /rag keeps API Gateway's classic chain in code:
@@ -204,6 +205,8 @@ class RagApi(Construct):
             "TRACE_REDACTION": deployment.trace_redaction,
             "ORT_THREADS": str(ONNX_THREADS),
         }
+        if deployment.cors_origins:  # the app adds CORS headers to its own responses (web.cors)
+            environment["CORS_ORIGINS"] = ",".join(deployment.cors_origins)
         if self.qdrant.url:
             environment["QDRANT_URL"] = self.qdrant.url
         if trace_queue is not None:
@@ -269,8 +272,8 @@ class RagApi(Construct):
         cors = (
             apigw.CorsOptions(
                 allow_origins=deployment.cors_origins,
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Content-Type", "X-Api-Key"],
+                allow_methods=list(ALLOW_METHODS),
+                allow_headers=list(ALLOW_HEADERS),
             )
             if deployment.cors_origins
             else None

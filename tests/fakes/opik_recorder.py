@@ -18,6 +18,8 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -74,6 +76,7 @@ class _State:
     experiment_items: list[dict[str, Any]] = field(default_factory=list)
     feedback_scores: list[dict[str, Any]] = field(default_factory=list)
     faults: _Faults = field(default_factory=_Faults)
+    id_window_s: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -99,6 +102,13 @@ class OpikRecorder(LoopbackServer):
             self._state.faults.fail_next = count
             self._state.faults.fail_status = status
             self._state.faults.fail_path = path
+
+    def enforce_id_window(self, window_s: float) -> None:
+        """Refuse (400) trace and span creations whose id is not a UUIDv7 with a timestamp
+        this recent, as Opik does since mid-2026 (comet-ml/opik#7179, "UUIDv7 ingestion
+        timestamp validation": every trace and span ingestion path, default window 24 h)."""
+        with self._state.lock:
+            self._state.id_window_s = window_s
 
     def drop_next(self, count: int) -> None:
         """Close the connection without answering on the next `count` requests."""
@@ -305,11 +315,20 @@ def _store(state: _State, method: str, path: str, body: Any) -> int:
     items = (body or {}).get(key)
     if not isinstance(items, list) or not all(isinstance(i, dict) and i.get("id") for i in items):
         return HTTPStatus.BAD_REQUEST
+    if state.id_window_s is not None and not all(
+        _in_window(i["id"], state.id_window_s) for i in items
+    ):
+        return HTTPStatus.BAD_REQUEST  # the whole batch, as Opik validates before writing
     for item in items:
         # Opik upserts by id: fields of a later write replace those of the earlier one.
         store[item["id"]] = {**store.get(item["id"], {}), **item}
         state.writes[item["id"]] = state.writes.get(item["id"], 0) + 1
     return HTTPStatus.NO_CONTENT
+
+
+def _in_window(item_id: str, window_s: float) -> bool:
+    parsed = uuid.UUID(item_id)
+    return parsed.version == 7 and time.time() - (parsed.int >> 80) / 1000 <= window_s
 
 
 SPAN_NAMES = ("self_query", "query_expansion", "embed", "search", "rerank", "prompt", "generate")

@@ -224,6 +224,28 @@ def test_cors_is_off_by_default_and_limited_to_configured_origins(synth):
     assert "'*'" not in json.dumps(options[0]["Integration"]["IntegrationResponses"])
 
 
+def test_configured_cors_origins_reach_the_lambda_and_the_preflight_alike(synth):
+    """With a Lambda proxy integration the function must return Access-Control-Allow-Origin
+    itself (https://docs.aws.amazon.com/apigateway/latest/developerguide/how-to-cors.html,
+    "Enabling CORS support for Lambda or HTTP proxy integrations"): it gets the same origins
+    the OPTIONS preflight allows, and none when CORS is off."""
+    origins = "https://app.example,https://admin.example"
+    template = synth(cors_origins=origins)["api"]
+    env = _functions(template)["llm-twin-rag"]["Environment"]["Variables"]
+    assert env["CORS_ORIGINS"] == origins
+    assert (
+        "CORS_ORIGINS" not in _functions(synth()["api"])["llm-twin-rag"]["Environment"]["Variables"]
+    )
+    preflight = json.dumps(
+        [
+            r["Properties"]["Integration"]
+            for r in resources(template, "AWS::ApiGateway::Method")
+            if r["Properties"]["HttpMethod"] == "OPTIONS"
+        ]
+    )
+    assert "https://app.example" in preflight and "https://admin.example" in preflight
+
+
 def test_outputs_give_url_key_id_the_command_to_read_it_and_function(synth):
     outputs = synth()["api"]["Outputs"]
     assert {"ApiUrl", "ApiKeyId", "ApiKeyCommand", "FunctionName"} <= set(outputs)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -182,6 +184,56 @@ def test_a_redelivered_event_is_still_one_trace(opik: OpikRecorder):
     assert opik.writes(event["trace_id"]) == 2
     assert list(opik.traces) == [event["trace_id"]]
     assert len(opik.spans) == len(event["spans"])
+
+
+LATE_S = 2 * 24 * 3600
+OPIK_ID_WINDOW_S = 24 * 3600
+"""Opik's default window for the UUIDv7 timestamp of created trace AND span ids
+(comet-ml/opik#7179, "UUIDv7 ingestion timestamp validation": "Validates the embedded UUIDv7
+timestamp of ingested trace/span ids and rejects out-of-window ids with HTTP 400")."""
+
+
+def _aged_uuid7(original: str, age_s: float) -> str:
+    """`original` with its UUIDv7 timestamp moved `age_s` into the past (RFC 9562 5.7)."""
+    value = uuid.UUID(original).int
+    ms = int((time.time() - age_s) * 1000)
+    return str(uuid.UUID(int=(ms << 80) | (value & ((1 << 80) - 1))))
+
+
+def _late_event() -> dict[str, Any]:
+    """A trace event redriven from the DLQ two days after the request, one span nested."""
+    event = make_trace_event()
+    event["trace_id"] = _aged_uuid7(event["trace_id"], LATE_S)
+    for span in event["spans"]:
+        span["id"] = _aged_uuid7(span["id"], LATE_S)
+    event["spans"][4]["parent_id"] = event["spans"][3]["id"]  # rerank under search
+    return event
+
+
+def test_a_late_trace_lands_with_its_spans_under_fresh_in_window_ids(opik: OpikRecorder):
+    # Given an Opik that refuses trace and span ids older than its window, and a late event
+    opik.enforce_id_window(OPIK_ID_WINDOW_S)
+    event = _late_event()
+
+    # When the forwarder delivers it, twice (SQS is at-least-once)
+    assert invoke(sqs_event(json.dumps(event))) == []
+    assert invoke(sqs_event(json.dumps(event))) == []
+
+    # Then one trace and every span landed, under new ids inside the window
+    [trace] = opik.traces.values()
+    assert trace["metadata"]["original_trace_id"] == event["trace_id"]
+    spans = opik.spans
+    assert len(spans) == len(event["spans"])
+    for span_id, span in spans.items():
+        assert time.time() - uuid.UUID(span_id).int / 2**80 / 1000 < OPIK_ID_WINDOW_S
+        assert span["trace_id"] == trace["id"]
+        assert opik.writes(span_id) == 2  # the redelivery upserted the same ids
+    # And each span keeps its first id, and the nesting follows the new ids
+    by_original = {s["metadata"]["original_span_id"]: s for s in spans.values()}
+    assert set(by_original) == {s["id"] for s in event["spans"]}
+    search, rerank = event["spans"][3]["id"], event["spans"][4]["id"]
+    assert by_original[rerank]["parent_span_id"] == by_original[search]["id"]
+    assert by_original[search]["id"] != search
 
 
 def test_opik_5xx_fails_the_item_and_the_retry_delivers_it(opik: OpikRecorder):

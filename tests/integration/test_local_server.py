@@ -57,6 +57,7 @@ LOCAL_ENV_PREFIXES = (
     "RERANK",
     "SELF_QUERY",
     "EXPANSION_",
+    "CORS_",
 )
 """A developer's own local-mode settings must not leak into the server under test."""
 
@@ -453,6 +454,51 @@ def test_body_over_api_gateway_limit_is_413_before_reading(server: ServerProcess
 
     assert response.status == 413
     assert body == {"error": {"code": "payload_too_large", "message": "request body too large"}}
+
+
+def test_what_another_web_page_could_send_is_refused(server: ServerProcess) -> None:
+    """The started process applies LocalGateway (tests/integration/test_local_exposure.py has
+    the cases): a rebound Host (RFC 9110 15.5.20: 421), a foreign Origin (403), and a POST with
+    no Content-Type, which needs no CORS preflight (https://fetch.spec.whatwg.org/#cors-safelisted-request-header)."""
+    key = {"x-api-key": API_KEY}
+    json_type = {"content-type": "application/json", **key}
+    body = json.dumps({"query": "x"})
+
+    rebound = httpx.post(
+        f"{server.url}/rag", content=body, headers={**json_type, "host": "evil.example"}
+    )
+    foreign = httpx.post(
+        f"{server.url}/rag", content=body, headers={**json_type, "origin": "https://evil.example"}
+    )
+    untyped = httpx.post(f"{server.url}/rag", content=body.encode(), headers=key)
+
+    assert_error(rebound, 421, "misdirected_request")
+    assert_error(foreign, 403, "forbidden")
+    assert_error(untyped, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"query": "\\ud800"}', "application/json"),
+        (b'{"query": "q", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "application/vnd.api+json"),
+    ],
+    ids=["lone-surrogate", "deep-nesting"],
+)
+def test_unservable_json_is_a_400_written_to_the_trace_file(
+    client: httpx.Client, workdir: Path, body: bytes, content_type: str
+) -> None:
+    """I-JSON (RFC 7493 2.1) forbids lone surrogates; RFC 8259 section 9 lets a parser limit
+    nesting: both are client errors, and rejected requests leave a trace line like any other."""
+    traces = workdir / "traces.jsonl"
+    before = len(trace_lines(traces))
+
+    response = client.post("/rag", content=body, headers={"content-type": content_type})
+
+    assert_error(response, 400, "invalid_json")
+    lines = trace_lines(traces)
+    assert len(lines) == before + 1
+    assert (lines[-1]["name"], lines[-1]["metadata"]["status"]) == ("rag", 400)
 
 
 def test_request_log_has_one_line_per_request(server: ServerProcess, client: httpx.Client) -> None:

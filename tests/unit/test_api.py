@@ -309,6 +309,67 @@ def test_a_wrong_method_is_a_json_405_with_allow() -> None:
     assert headers["allow"] == "POST"
 
 
+# --- CORS on the app's own responses -------------------------------------------------------
+
+ALLOWED_ORIGIN = "https://app.example"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/rag", '{"query": "RAG"}', 200),
+        ("POST", "/retrieve", '{"query": "RAG", "k": 99}', 400),
+        ("GET", "/health", None, 200),
+        ("GET", "/nope", None, 404),
+    ],
+)
+def test_with_cors_origins_the_apps_own_responses_carry_cors_headers(
+    method: str, path: str, body: str | None, status: int
+) -> None:
+    """API Gateway answers the preflight and its own errors, but with a Lambda proxy integration
+    "your backend is responsible for returning the Access-Control-Allow-Origin" header
+    (https://docs.aws.amazon.com/apigateway/latest/developerguide/how-to-cors.html, "Enabling
+    CORS support for Lambda or HTTP proxy integrations"). An answer that depends on Origin says
+    `Vary: Origin` (Fetch standard, "CORS protocol and HTTP caches",
+    https://fetch.spec.whatwg.org/#cors-protocol-and-http-caches)."""
+    world = fake_world(env={"CORS_ORIGINS": f"{ALLOWED_ORIGIN},https://admin.example"})
+
+    got, _, headers = call(world, method, path, body, headers={"Origin": ALLOWED_ORIGIN})
+    _, _, foreign = call(world, method, path, body, headers={"Origin": "https://evil.example"})
+
+    assert got == status
+    assert headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "Origin" in headers["vary"]
+    assert "access-control-allow-origin" not in foreign  # the browser keeps the answer from it
+    assert "Origin" in foreign["vary"]
+
+
+def test_with_cors_origins_a_stream_carries_cors_headers() -> None:
+    """The streamed /rag is a response like any other for the browser (same CORS check)."""
+    world = fake_world(env={"CORS_ORIGINS": ALLOWED_ORIGIN})
+    client = TestClient(create_app(lambda: world.deps))
+
+    with client.stream(
+        "POST",
+        "/rag",
+        json={"query": "RAG", "stream": True},
+        headers={"Origin": ALLOWED_ORIGIN},
+    ) as response:
+        response.read()
+
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+
+
+def test_without_cors_origins_no_cors_header_is_added() -> None:
+    world = fake_world()
+
+    _, _, headers = call(world, "GET", "/health", headers={"Origin": ALLOWED_ORIGIN})
+
+    assert "access-control-allow-origin" not in headers
+    assert "vary" not in headers
+
+
 # --- traces per request ------------------------------------------------------------------------
 
 
@@ -331,6 +392,46 @@ def test_every_pipeline_request_emits_exactly_one_trace_even_when_rejected() -> 
         ("rag", 413),
     ]
     assert len({e["trace_id"] for e in world.sink.events}) == 5
+
+
+LONE_SURROGATE_BODY = '{"query": "\\ud800"}'
+"""Valid RFC 8259 grammar (any \\uXXXX escape), yet I-JSON (RFC 7493 section 2.1,
+https://www.rfc-editor.org/rfc/rfc7493#section-2.1) says strings MUST NOT hold lone surrogates,
+and RFC 8259 section 8.2 calls their handling unpredictable: no UTF-8 output can carry one."""
+DEEP_NESTING = 5000
+"""RFC 8259 section 9 lets a parser limit nesting depth; Python's json raises RecursionError
+near 1000 levels (sys.getrecursionlimit)."""
+
+
+def deeply_nested_body(levels: int = DEEP_NESTING) -> str:
+    return '{"query": "q", "x": ' + "[" * levels + "]" * levels + "}"
+
+
+@pytest.mark.parametrize("route", ["/rag", "/retrieve"])
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [
+        (LONE_SURROGATE_BODY, "application/json", "lone surrogate"),
+        (deeply_nested_body(), "application/vnd.api+json", "nested too deeply"),
+    ],
+    ids=["lone-surrogate", "deep-nesting"],
+)
+def test_unservable_json_is_a_traced_400_not_a_500(
+    route: str, body: str, content_type: str, reason: str
+) -> None:
+    """A lone surrogate and a body nested thousands of levels (under a +json type, which the
+    app accepts as JSON: RFC 6839 section 3.1 structured syntax suffix) are client errors: 400
+    with the error shape, and the refusal is traced like any rejected request."""
+    world = fake_world()
+
+    status, got, _ = post(world, route, body, content_type=content_type)
+
+    assert status == 400
+    assert reason in assert_error(got, "invalid_json")
+    [event] = world.sink.events
+    assert event["name"] == route.removeprefix("/")
+    assert event["metadata"]["status"] == 400
+    assert event["error"]["code"] == "invalid_json"
 
 
 def test_a_failing_trace_sink_does_not_break_the_answer() -> None:
