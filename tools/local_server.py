@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hmac
 import json
 import os
 import queue
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from authorizer.handler import is_valid, presented_key  # stdlib only, as deployed
 from rag.urls import redact_url  # stdlib only: safe before Powertools' defaults are set
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ QDRANT_COUNT_TIMEOUT_S = 10
 EXIT_CONFIG = 2
 
 GATEWAY_ERRORS: dict[int, tuple[str, str]] = {
-    403: ("forbidden", "missing or invalid API key (x-api-key header)"),
+    403: ("forbidden", "missing or invalid API key (Authorization: Bearer or x-api-key header)"),
     413: ("payload_too_large", "request body too large"),
     502: ("internal_error", "the service failed; try again"),
 }
@@ -343,7 +343,8 @@ def gateway_error(status: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
 
 class LocalGateway:
     """ASGI middleware doing, in local mode only, what API Gateway does in front of the Lambda:
-    the API key (403), the 10 MB body limit (413, refused unread when announced), a request id
+    the API key (403; `Authorization: Bearer` or `x-api-key`, checked by the deployed
+    authorizer's own functions), the 10 MB body limit (413, refused unread when announced), a request id
     header; plus one log line per request. The app behind it is the Lambda's, unchanged."""
 
     def __init__(self, app: ASGIApp, *, api_key: str | None) -> None:
@@ -386,8 +387,8 @@ class LocalGateway:
         """(a gateway error, or None and the whole body)."""
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
         if self.api_key is not None:
-            given = headers.get("x-api-key", b"")
-            if not hmac.compare_digest(given, self.api_key.encode()):
+            given = presented_key({k: v.decode("latin-1") for k, v in headers.items()})
+            if not is_valid(given, self.api_key):
                 return gateway_error(403), b""
         try:
             announced = int(headers.get("content-length", b"0") or 0)
@@ -529,7 +530,7 @@ def banner(
     )
     lines = [
         f"LLM twin API (local) listening on {url}",
-        f"  API key:   {'required (x-api-key: $LOCAL_API_KEY)' if api_key else 'not required'}",
+        f"  API key:   {'required (x-api-key or Authorization: Bearer $LOCAL_API_KEY)' if api_key else 'not required'}",
         f"  Qdrant:    {store.description}: {store.points} points ({counts}); {store.action}",
         f"  LLM:       {llm_description(settings)}",
         f"  Model:     {profile.name} ({profile.model_id}, prompt {profile.prompt_format})",

@@ -97,7 +97,7 @@ BUSINESS_BUNDLE = PythonBundle(
 # arrives already quoted and `$context.error.validationErrorString` carries raw quotes
 # (`[object has missing required properties (["query"])]`), so neither can sit in a JSON string:
 # messages are static, and the catch-all names the response type (an identifier, safe to embed).
-_INVALID_KEY = "missing or invalid API key (x-api-key header)"
+_INVALID_KEY = "missing or invalid API key (Authorization: Bearer or x-api-key header)"
 _GATEWAY_ERRORS = {
     apigw.ResponseType.BAD_REQUEST_BODY: (
         "400",
