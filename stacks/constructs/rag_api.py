@@ -26,6 +26,7 @@ from constructs import Construct
 from rag.budget import DEFAULT_GENERATION_TOKENS_PER_S
 from stacks.bundling import LAMBDA_SRC, REPO, ModelBundle, PythonBundle
 from stacks.config import DeploymentConfig, ModelConfig
+from stacks.constructs.api_key_authorizer import ApiKeyAuthorizer
 from stacks.constructs.python_function import PythonFunction
 from stacks.constructs.tgi_endpoint import TgiEndpointRef
 from stacks.nag import acknowledge
@@ -112,7 +113,8 @@ _GATEWAY_ERRORS = {
     ),
     apigw.ResponseType.INVALID_API_KEY: ("403", "forbidden", _INVALID_KEY),
     apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN: ("403", "forbidden", _INVALID_KEY),
-    apigw.ResponseType.ACCESS_DENIED: ("403", "forbidden", "access denied"),
+    # The key authorizer's Deny for a missing or wrong key (stacks/constructs/api_key_authorizer.py)
+    apigw.ResponseType.ACCESS_DENIED: ("403", "forbidden", _INVALID_KEY),
     apigw.ResponseType.THROTTLED: ("429", "throttled", "too many requests, slow down"),
     apigw.ResponseType.QUOTA_EXCEEDED: ("429", "quota_exceeded", "the API key's quota is used up"),
     apigw.ResponseType.REQUEST_TOO_LARGE: ("413", "payload_too_large", "request body too large"),
@@ -265,11 +267,14 @@ class RagApi(Construct):
             retention=logs.RetentionDays.ONE_MONTH,
             removal_policy=RemovalPolicy.DESTROY,
         )
+        # API keys come from the authorizer (x-api-key or Authorization: Bearer), every method
+        # that requires one runs it; the usage plan throttles and counts the key as before.
+        self.key_authorizer = ApiKeyAuthorizer(self, "KeyAuthorizer", project=deployment.project)
         cors = (
             apigw.CorsOptions(
                 allow_origins=deployment.cors_origins,
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Content-Type", "X-Api-Key"],
+                allow_headers=["Content-Type", "X-Api-Key", "Authorization"],
             )
             if deployment.cors_origins
             else None
@@ -280,7 +285,7 @@ class RagApi(Construct):
             rest_api_name=f"{deployment.project}-api",
             description="LLM twin RAG API",
             endpoint_types=[apigw.EndpointType.REGIONAL],
-            api_key_source_type=apigw.ApiKeySourceType.HEADER,
+            api_key_source_type=apigw.ApiKeySourceType.AUTHORIZER,
             # The region's API Gateway logging role (AWS::ApiGateway::Account) is shared by every
             # REST API there: owned by a stack, it overwrites the account's role and points at a
             # deleted role after destroy (aws-cdk#10878, #12769). Preflight checks it exists;
@@ -290,7 +295,9 @@ class RagApi(Construct):
             if deployment.api_gateway_account_role
             else None,
             default_cors_preflight_options=cors,
-            default_method_options=apigw.MethodOptions(api_key_required=True),
+            default_method_options=apigw.MethodOptions(
+                api_key_required=True, authorizer=self.key_authorizer.authorizer
+            ),
             deploy_options=apigw.StageOptions(
                 stage_name=STAGE,
                 access_log_destination=apigw.LogGroupLogDestination(access_logs),
@@ -367,7 +374,9 @@ class RagApi(Construct):
         api.root.add_method("ANY", integration, api_key_required=True)
         api.root.add_proxy(default_integration=integration)
 
-        self.api_key = api.add_api_key("Key", api_key_name=f"{deployment.project}-key")
+        self.api_key = api.add_api_key(
+            "Key", api_key_name=f"{deployment.project}-key", value=self.key_authorizer.key_value
+        )
         plan = api.add_usage_plan(
             "Plan",
             name=f"{deployment.project}-plan",
