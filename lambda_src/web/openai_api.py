@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -129,10 +130,10 @@ class ChatRequest(BaseModel):
     audio: Any = None
 
 
-class ChatCall(BaseModel):
+@dataclass(frozen=True)
+class ChatCall:
     """A parsed chat request: the pipeline's input and how to write the answer."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
     rag: RagRequest
     conversation: Conversation
     stream: bool
