@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hmac
 import ipaddress
 import json
 import os
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from authorizer.handler import is_valid, presented_key  # stdlib only, as deployed
 from rag.urls import redact_url  # stdlib only: safe before Powertools' defaults are set
 from web.page import is_public  # fastapi only, as above
 
@@ -64,7 +64,7 @@ QDRANT_COUNT_TIMEOUT_S = 10
 EXIT_CONFIG = 2
 
 GATEWAY_ERRORS: dict[int, tuple[str, str]] = {
-    403: ("forbidden", "missing or invalid API key (x-api-key header)"),
+    403: ("forbidden", "missing or invalid API key (Authorization: Bearer or x-api-key header)"),
     413: ("payload_too_large", "request body too large"),
     415: ("unsupported_media_type", "send application/json"),
     502: ("internal_error", "the service failed; try again"),
@@ -399,7 +399,8 @@ def split_setting(value: str | None) -> frozenset[str]:
 
 class LocalGateway:
     """ASGI middleware doing, in local mode only, what API Gateway does in front of the Lambda:
-    the API key (403; the chat page's static files need none, as in AWS), the 10 MB body
+    the API key (403; `Authorization: Bearer` or `x-api-key`, checked by the deployed
+    authorizer's own functions; the chat page's static files need none, as in AWS), the 10 MB body
     limit (413, refused unread when announced), the CORS
     preflight, a request id header; plus one log line per request. The app behind it is the
     Lambda's, unchanged.
@@ -468,10 +469,9 @@ class LocalGateway:
             return error_reply(*FOREIGN_ORIGIN), b""
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
             return self._preflight(origin), b""
-        if self.api_key is not None and not is_public(scope["method"], scope["path"]):
-            given = headers.get("x-api-key", "").encode("latin-1")
-            if not hmac.compare_digest(given, self.api_key.encode()):
-                return gateway_error(403), b""
+        key_needed = self.api_key is not None and not is_public(scope["method"], scope["path"])
+        if key_needed and not is_valid(presented_key(headers), self.api_key or ""):
+            return gateway_error(403), b""
         if scope["method"] == "POST" and not self._is_json_type(headers.get("content-type", "")):
             return gateway_error(415), b""
         try:
@@ -641,7 +641,7 @@ def banner(
     )
     lines = [
         f"LLM twin API (local) listening on {url}",
-        f"  API key:   {'required (x-api-key: $LOCAL_API_KEY)' if api_key else 'not required'}",
+        f"  API key:   {'required (x-api-key or Authorization: Bearer $LOCAL_API_KEY)' if api_key else 'not required'}",
         f"  Browsers:  this server's own pages{''.join(f', {o}' for o in settings.cors_origins)}",
         f"  Qdrant:    {store.description}: {store.points} points ({counts}); {store.action}",
         f"  LLM:       {llm_description(settings)}",

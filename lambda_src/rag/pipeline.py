@@ -43,6 +43,7 @@ from rag.prompt import (
     BuiltPrompt,
     TokenCounter,
     Truncation,
+    Turn,
     Utf8ByteEstimate,
     build_helper_prompt,
     build_prompt,
@@ -139,6 +140,20 @@ AuthorSource = Literal["request", "self_query", "none"]
 
 
 @dataclass(frozen=True)
+class Conversation:
+    """What a chat client adds to a `/rag` request (the OpenAI-compatible route): the earlier
+    turns (placed in the prompt by rag.prompt's history rule), its own stop sequences (added to
+    the format's) and its end-user id (traced)."""
+
+    history: tuple[Turn, ...] = ()
+    stop: tuple[str, ...] = ()
+    user: str | None = None
+
+
+NO_CONVERSATION = Conversation()
+
+
+@dataclass(frozen=True)
 class RetrievalOutcome:
     query: str
     expanded_queries: list[str]
@@ -164,6 +179,8 @@ class AnswerOutcome:
     timings_ms: dict[str, float]
     retrieval: RetrievalOutcome
     truncation: Truncation | None
+    finish_reason: str | None = None
+    """The model's: "length" when max_new_tokens ended the answer (TGI and OpenAI say so)."""
 
 
 @dataclass(frozen=True)
@@ -209,13 +226,19 @@ def retrieve(req: RetrieveRequest, deps: Deps) -> RetrievalOutcome:
     return outcome
 
 
-def answer(req: RagRequest, deps: Deps, *, time_left_s: float | None = None) -> AnswerOutcome:
+def answer(
+    req: RagRequest,
+    deps: Deps,
+    *,
+    time_left_s: float | None = None,
+    conversation: Conversation = NO_CONVERSATION,
+) -> AnswerOutcome:
     """`time_left_s`: what the caller (the Lambda invocation) has left; the request budget is
     never more than that, less a margin, so a first request that paid for the cold start still
     ends inside the Lambda timeout."""
-    trace = TraceRecorder("rag", deps.clock, _trace_input(req))
+    trace = TraceRecorder("rag", deps.clock, _trace_input(req, conversation))
     try:
-        outcome = _answer(req, deps, trace, time_left_s)
+        outcome = _answer(req, deps, trace, time_left_s, conversation)
     except BaseException as exc:
         _finish(deps, trace, error=exc)
         raise
@@ -230,17 +253,21 @@ def answer(req: RagRequest, deps: Deps, *, time_left_s: float | None = None) -> 
 
 
 def answer_stream(
-    req: RagRequest, deps: Deps, *, time_left_s: float | None = None
+    req: RagRequest,
+    deps: Deps,
+    *,
+    time_left_s: float | None = None,
+    conversation: Conversation = NO_CONVERSATION,
 ) -> Iterator[StreamEvent]:
     """`answer`, streamed: a RetrievalEvent once retrieval is done and the model's stream is
     open, a TokenEvent per piece of text (stop sequences held back until they can be ruled
     out), then a DoneEvent. Failures raise ApiErrors from the generator. Closing the generator
     early (the client went away) closes the model's stream; the trace records it. The trace is
     sent after the last event, so it never delays a token."""
-    trace = TraceRecorder("rag", deps.clock, {**_trace_input(req), "stream": True})
+    trace = TraceRecorder("rag", deps.clock, {**_trace_input(req, conversation), "stream": True})
     outcome: AnswerOutcome | None = None
     try:
-        llm, retrieval, built, params = _prepare_answer(req, deps, trace)
+        llm, retrieval, built, params = _prepare_answer(req, deps, trace, conversation)
         settings = deps.settings
         budget_s = effective_budget_s(settings.stream_budget_s, time_left_s)
         with trace.span("generate", type="llm", input=_prompt_input(built)) as span:
@@ -555,10 +582,14 @@ def _distinct_alternatives(candidates: Sequence[str], query: str, n: int) -> lis
 
 
 def _answer(
-    req: RagRequest, deps: Deps, trace: TraceRecorder, time_left_s: float | None
+    req: RagRequest,
+    deps: Deps,
+    trace: TraceRecorder,
+    time_left_s: float | None,
+    conversation: Conversation,
 ) -> AnswerOutcome:
     started_s = deps.clock.perf_s()
-    llm, retrieval, built, params = _prepare_answer(req, deps, trace)
+    llm, retrieval, built, params = _prepare_answer(req, deps, trace, conversation)
     settings = deps.settings
     timeout_s = generation_timeout_s(
         read_timeout_s=settings.llm_read_timeout_s,
@@ -594,7 +625,7 @@ def _answer(
 
 
 def _prepare_answer(
-    req: RagRequest, deps: Deps, trace: TraceRecorder
+    req: RagRequest, deps: Deps, trace: TraceRecorder, conversation: Conversation
 ) -> tuple[LLM, RetrievalOutcome, BuiltPrompt, GenerationParams]:
     """Everything before the generation call, shared by the buffered and the streamed answer."""
     llm = deps.llm
@@ -604,7 +635,7 @@ def _prepare_answer(
         )
     profile = deps.profile
     retrieval = _retrieve(req, deps, trace)
-    params = _generation_params(profile, req)
+    params = _generation_params(profile, req, conversation.stop)
 
     with trace.span("prompt") as span:
         budget = input_budget_tokens(
@@ -618,8 +649,11 @@ def _prepare_answer(
             prompt_format=profile.prompt_format,
             budget_tokens=budget,
             counter=deps.counter,
+            history=conversation.history,
         )
         span.output = {"estimated_tokens": built.estimated_tokens, "chunks": len(built.chunks)}
+        if conversation.history:
+            span.output["history_turns"] = built.history_turns
         span.metadata = {"budget_tokens": budget, "counter": deps.counter.name}
         if built.truncation is not None:
             span.metadata["truncation"] = built.truncation.as_dict()
@@ -651,6 +685,7 @@ def _answer_outcome(
         timings_ms=trace.timings_ms(),
         retrieval=replace(retrieval, warnings=list(trace.warnings)),
         truncation=built.truncation,
+        finish_reason=generation.finish_reason,
     )
 
 
@@ -710,7 +745,9 @@ def effective_budget_s(configured_s: float | None, time_left_s: float | None) ->
     return left_s if configured_s is None else min(configured_s, left_s)
 
 
-def _generation_params(profile: ModelProfile, req: RagRequest) -> GenerationParams:
+def _generation_params(
+    profile: ModelProfile, req: RagRequest, extra_stop: Sequence[str] = ()
+) -> GenerationParams:
     defaults, asked = profile.generation, req.generation
     max_new_tokens = defaults.max_new_tokens
     temperature, top_p = defaults.temperature, defaults.top_p
@@ -722,7 +759,7 @@ def _generation_params(profile: ModelProfile, req: RagRequest) -> GenerationPara
         max_new_tokens=min(max_new_tokens, defaults.max_new_tokens_limit),
         temperature=temperature,
         top_p=top_p,
-        stop=ALPACA_STOP if profile.prompt_format == "alpaca" else (),
+        stop=(*(ALPACA_STOP if profile.prompt_format == "alpaca" else ()), *extra_stop),
     )
 
 
@@ -746,19 +783,27 @@ def _truncation_note(truncation: Truncation) -> str:
         parts.append(f"cut chunk {truncation.cut_id}")
     if truncation.dropped_ids:
         parts.append(f"dropped {len(truncation.dropped_ids)} lower-ranked chunk(s)")
+    if truncation.dropped_turns:
+        parts.append(f"dropped the {truncation.dropped_turns} oldest conversation turn(s)")
     return "context truncated to fit the model input: " + ", ".join(parts)
 
 
 # --- trace plumbing ---------------------------------------------------------------------------
 
 
-def _trace_input(req: RetrieveRequest) -> dict[str, Any]:
+def _trace_input(
+    req: RetrieveRequest, conversation: Conversation = NO_CONVERSATION
+) -> dict[str, Any]:
     data: dict[str, Any] = {
         "query": req.query,
         "k": req.k,
         "author": req.author,
         "expand": req.expand,
     }
+    if conversation.history:
+        data["history_turns"] = len(conversation.history)
+    if conversation.user is not None:
+        data["user"] = conversation.user
     if isinstance(req, RagRequest) and req.generation is not None:
         data["generation"] = req.generation.model_dump(exclude_none=True)
     return data

@@ -6,6 +6,12 @@ Routes parse the body, call one pipeline function and map its outcome. Every fai
 whose details only reach the log. Bodies are parsed explicitly (not FastAPI's body models) so
 the 400/413/415 messages follow the contract.
 
+The OpenAI-compatible routes (`web.openai_api`) answer `POST /v1/chat/completions` and
+`GET /v1/models` on the same pipeline, with OpenAI's error shape. They are served twice: under
+`/v1` (local mode, where `base_url` is `http://127.0.0.1:8000/v1`) and without it, because
+deployed the `v1` in `https://<api>/v1/chat/completions` is the API Gateway stage, and the app
+sees the resource path `/chat/completions` (the Lambda Web Adapter forwards the event's `path`).
+
 A streamed `/rag` (`"stream": true` or `Accept: text/event-stream`) answers server-sent events
 (`web.sse`). Its status is decided by the first thing the pipeline produces: a failure before
 any event (validation, no LLM, an endpoint scaled to zero) is the plain JSON error; once an event
@@ -42,17 +48,25 @@ from rag.models import (
 )
 from rag.observability import flush_metrics, logger
 from rag.pipeline import Deps
-from web import page, sse
+from web import openai_api, page, sse
 from web.cors import CorsHeaders
 from web.responses import rag_body, retrieve_body
 
 MAX_BODY_BYTES = 16 * 1024
 """A 2000-character query with every option fits many times over; more is not a request."""
+OPENAI_PREFIXES = ("/v1", "")
+"""Local base URL .../v1; deployed, the stage is the /v1 (see the module docstring)."""
+OPENAI_ROUTES: dict[str, tuple[str, ...]] = {
+    f"{prefix}{path}": methods
+    for prefix in OPENAI_PREFIXES
+    for path, methods in (("/chat/completions", ("POST",)), ("/models", ("GET",)))
+}
 ROUTE_METHODS: dict[str, tuple[str, ...]] = {
     "/": ("GET",),
     "/rag": ("POST",),
     "/retrieve": ("POST",),
     "/health": ("GET",),
+    **OPENAI_ROUTES,
 }
 INTERNAL_ERROR_MESSAGE = "internal error; the request id is in the logs"
 LAMBDA_CONTEXT_HEADER = "x-amzn-lambda-context"
@@ -78,10 +92,8 @@ def error_response(error: ApiError) -> Response:
     return json_response(error.status, error.body(), headers=error.headers())
 
 
-def internal_error() -> Response:
-    return json_response(
-        500, {"error": {"code": "internal_error", "message": INTERNAL_ERROR_MESSAGE}}
-    )
+def openai_error_response(error: ApiError) -> Response:
+    return json_response(error.status, openai_api.error_body(error), headers=error.headers())
 
 
 def time_left_s(request: Request) -> float | None:
@@ -170,9 +182,9 @@ def create_app(deps_factory: Callable[[], Deps]) -> FastAPI:
             req = await parsed(request, "rag", RagRequest, deps)
             left_s = time_left_s(request)
             if wants_stream(request, req):
-                return await _stream(
+                return await stream_response(
                     lambda: pipeline.answer_stream(req, deps, time_left_s=left_s),
-                    include_context=req.include_context,
+                    sse.RagEncoder(include_context=req.include_context),
                 )
             outcome = await run_in_threadpool(pipeline.answer, req, deps, time_left_s=left_s)
             return json_response(200, rag_body(outcome, include_context=req.include_context))
@@ -189,21 +201,64 @@ def create_app(deps_factory: Callable[[], Deps]) -> FastAPI:
 
         return await _contract(request, run)
 
+    async def chat_completions(request: Request) -> Response:
+        async def run() -> Response:
+            deps = await run_in_threadpool(deps_factory)
+            try:
+                call = openai_api.parse_chat(
+                    await read_json_body(request),
+                    max_new_tokens_limit=deps.profile.generation.max_new_tokens_limit,
+                )
+            except ApiError as exc:
+                pipeline.emit_rejected("rag", exc, deps)
+                raise
+            left_s = time_left_s(request)
+            if call.stream:
+                return await stream_response(
+                    lambda: pipeline.answer_stream(
+                        call.rag, deps, time_left_s=left_s, conversation=call.conversation
+                    ),
+                    openai_api.ChunkEncoder(call),
+                )
+            outcome = await run_in_threadpool(
+                pipeline.answer,
+                call.rag,
+                deps,
+                time_left_s=left_s,
+                conversation=call.conversation,
+            )
+            return json_response(200, openai_api.completion_body(outcome, citations=call.citations))
+
+        return await _contract(request, run, render=openai_error_response)
+
+    async def models() -> Response:
+        return json_response(200, openai_api.models_body())
+
+    for prefix in OPENAI_PREFIXES:
+        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
+        app.add_api_route(f"{prefix}/models", models, methods=["GET"])
+
     @app.exception_handler(StarletteHTTPException)
     async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
         path = request.url.path
         allowed = ROUTE_METHODS.get(path)
+        render = openai_error_response if path in OPENAI_ROUTES else error_response
         if exc.status_code != 405 or allowed is None:
-            return error_response(NotFound(f"no route {path}"))
-        response = error_response(MethodNotAllowed(f"{request.method} not allowed on {path}"))
+            return render(NotFound(f"no route {path}"))
+        response = render(MethodNotAllowed(f"{request.method} not allowed on {path}"))
         response.headers["Allow"] = ", ".join(allowed)
         return response
 
     return app
 
 
-async def _contract(request: Request, run: Callable[[], Awaitable[Response]]) -> Response:
-    """Runs a route with the request's correlation id, mapping every failure to the contract."""
+async def _contract(
+    request: Request,
+    run: Callable[[], Awaitable[Response]],
+    render: Callable[[ApiError], Response] = error_response,
+) -> Response:
+    """Runs a route with the request's correlation id, mapping every failure to the route's
+    error shape (`render`)."""
     request_id = _header_json(request, REQUEST_CONTEXT_HEADER).get("requestId")
     logger.set_correlation_id(request_id if isinstance(request_id, str) else None)
     try:
@@ -211,15 +266,15 @@ async def _contract(request: Request, run: Callable[[], Awaitable[Response]]) ->
     except ApiError as exc:
         if exc.status >= 500:
             logger.warning("request failed", error_code=exc.code, status=exc.status)
-        return error_response(exc)
+        return render(exc)
     except Exception:
         logger.exception("unhandled error")
-        return internal_error()
+        return render(ApiError(INTERNAL_ERROR_MESSAGE))
     finally:
         flush_metrics()
 
 
-async def _stream(events: Callable[[], Any], *, include_context: bool) -> Response:
+async def stream_response(events: Callable[[], Any], encoder: sse.Encoder) -> Response:
     stream = sse.PipelineStream(events)
     try:
         first = await stream.next(sse.KEEPALIVE_S)
@@ -230,7 +285,7 @@ async def _stream(events: Callable[[], Any], *, include_context: bool) -> Respon
             stream.cancel()
             raise first  # before the first byte: the plain status and JSON error
     return StreamingResponse(
-        sse.sse_body(stream, first, include_context=include_context),
+        sse.sse_body(stream, first, encoder),
         media_type=sse.MEDIA_TYPE,
         # Proxies must not buffer the events (nginx honours X-Accel-Buffering).
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -16,8 +16,9 @@ if TYPE_CHECKING:  # the stacks import the constants at synth, where starlette i
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ALLOW_METHODS = ("GET", "POST", "OPTIONS")
-ALLOW_HEADERS = ("Content-Type", "X-Api-Key")
-"""What a preflight allows (API Gateway's, and local mode's): JSON bodies and the API key."""
+ALLOW_HEADERS = ("Content-Type", "X-Api-Key", "Authorization")
+"""What a preflight allows (API Gateway's, and local mode's): JSON bodies and the API key
+(x-api-key, or Authorization: Bearer as OpenAI clients send it)."""
 
 
 def request_origin(scope: Scope) -> str | None:

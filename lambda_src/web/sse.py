@@ -1,4 +1,5 @@
-"""Server-sent events for a streamed `/rag` (DESIGN 3.1), and the bridge from the pipeline's
+"""Server-sent events for a streamed answer (`/rag`, DESIGN 3.1; the OpenAI-compatible route
+encodes the same pipeline events its own way), and the bridge from the pipeline's
 blocking generator (it waits on the model's socket) to the ASGI server's event loop.
 
 The pipeline runs on a worker thread and hands each event to the loop; the response waits for the
@@ -13,7 +14,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from rag.errors import ApiError
 from rag.observability import flush_metrics, logger
@@ -85,25 +86,48 @@ class PipelineStream:
         self._cancelled.set()
 
 
-async def sse_body(
-    stream: PipelineStream, first: Any, *, include_context: bool
-) -> AsyncIterator[bytes]:
+class Encoder(Protocol):
+    """How a route writes the pipeline's events and a failure after the stream began."""
+
+    def event(self, item: StreamEvent) -> bytes: ...
+
+    def error(self, exc: BaseException) -> bytes: ...
+
+
+class RagEncoder:
+    """`/rag`'s events: `retrieval`, `token`..., `done` | `error` (DESIGN 3.1)."""
+
+    def __init__(self, *, include_context: bool) -> None:
+        self.include_context = include_context
+
+    def event(self, item: StreamEvent) -> bytes:
+        if isinstance(item, TokenEvent):
+            return event("token", {"text": item.text})
+        if isinstance(item, RetrievalEvent):
+            return event("retrieval", retrieval_event_body(item.retrieval))
+        return event("done", rag_body(item.outcome, include_context=self.include_context))
+
+    def error(self, exc: BaseException) -> bytes:
+        return error_event(exc)
+
+
+async def sse_body(stream: PipelineStream, first: Any, encoder: Encoder) -> AsyncIterator[bytes]:
     """The response body from the first item on (None: nothing yet, start with a keep-alive)."""
     item = first
     try:
         while True:
             if item is END:  # ended without DoneEvent: never a silently cut stream
-                yield error_event(RuntimeError("stream ended early"))
+                yield encoder.error(RuntimeError("stream ended early"))
                 return
             if item is None:
                 yield KEEPALIVE
             elif isinstance(item, BaseException):
                 if not isinstance(item, ApiError):
                     logger.error("stream failed", error=type(item).__name__)
-                yield error_event(item)
+                yield encoder.error(item)
                 return
             else:
-                yield _encode(item, include_context=include_context)
+                yield encoder.event(item)
                 if isinstance(item, DoneEvent):
                     return
             try:
@@ -112,11 +136,3 @@ async def sse_body(
                 item = None
     finally:
         stream.cancel()
-
-
-def _encode(item: StreamEvent, *, include_context: bool) -> bytes:
-    if isinstance(item, TokenEvent):
-        return event("token", {"text": item.text})
-    if isinstance(item, RetrievalEvent):
-        return event("retrieval", retrieval_event_body(item.retrieval))
-    return event("done", rag_body(item.outcome, include_context=include_context))

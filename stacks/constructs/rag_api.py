@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsii
 from aws_cdk import AssetHashType, Duration, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_ec2 as ec2
@@ -26,6 +27,7 @@ from constructs import Construct
 from rag.budget import DEFAULT_GENERATION_TOKENS_PER_S
 from stacks.bundling import LAMBDA_SRC, REPO, ModelBundle, PythonBundle
 from stacks.config import DeploymentConfig, ModelConfig
+from stacks.constructs.api_key_authorizer import ApiKeyAuthorizer
 from stacks.constructs.python_function import PythonFunction
 from stacks.constructs.tgi_endpoint import TgiEndpointRef
 from stacks.nag import acknowledge
@@ -99,7 +101,7 @@ BUSINESS_BUNDLE = PythonBundle(
 # arrives already quoted and `$context.error.validationErrorString` carries raw quotes
 # (`[object has missing required properties (["query"])]`), so neither can sit in a JSON string:
 # messages are static, and the catch-all names the response type (an identifier, safe to embed).
-_INVALID_KEY = "missing or invalid API key (x-api-key header)"
+_INVALID_KEY = "missing or invalid API key (Authorization: Bearer or x-api-key header)"
 _GATEWAY_ERRORS = {
     apigw.ResponseType.BAD_REQUEST_BODY: (
         "400",
@@ -114,7 +116,8 @@ _GATEWAY_ERRORS = {
     ),
     apigw.ResponseType.INVALID_API_KEY: ("403", "forbidden", _INVALID_KEY),
     apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN: ("403", "forbidden", _INVALID_KEY),
-    apigw.ResponseType.ACCESS_DENIED: ("403", "forbidden", "access denied"),
+    # The key authorizer's Deny for a missing or wrong key (stacks/constructs/api_key_authorizer.py)
+    apigw.ResponseType.ACCESS_DENIED: ("403", "forbidden", _INVALID_KEY),
     apigw.ResponseType.THROTTLED: ("429", "throttled", "too many requests, slow down"),
     apigw.ResponseType.QUOTA_EXCEEDED: ("429", "quota_exceeded", "the API key's quota is used up"),
     apigw.ResponseType.REQUEST_TOO_LARGE: ("413", "payload_too_large", "request body too large"),
@@ -160,6 +163,21 @@ def cors_response_headers(origins: list[str]) -> dict[str, str]:
 class QdrantConnection:
     url: str | None
     secret: secretsmanager.ISecret
+
+
+@jsii.implements(apigw.IAuthorizer)
+class _NoAuthorizer:
+    """Lifts the API's default key authorizer off one method: CDK's own CORS preflight methods
+    do the same (an authorizer with an empty id and type NONE), since a method may not name a
+    type other than its default authorizer's."""
+
+    @property
+    def authorizer_id(self) -> str:
+        return ""
+
+    @property
+    def authorization_type(self) -> apigw.AuthorizationType:
+        return apigw.AuthorizationType.NONE
 
 
 class RagApi(Construct):
@@ -269,6 +287,9 @@ class RagApi(Construct):
             retention=logs.RetentionDays.ONE_MONTH,
             removal_policy=RemovalPolicy.DESTROY,
         )
+        # API keys come from the authorizer (x-api-key or Authorization: Bearer), every method
+        # that requires one runs it; the usage plan throttles and counts the key as before.
+        self.key_authorizer = ApiKeyAuthorizer(self, "KeyAuthorizer", project=deployment.project)
         cors = (
             apigw.CorsOptions(
                 allow_origins=deployment.cors_origins,
@@ -284,7 +305,7 @@ class RagApi(Construct):
             rest_api_name=f"{deployment.project}-api",
             description="LLM twin RAG API",
             endpoint_types=[apigw.EndpointType.REGIONAL],
-            api_key_source_type=apigw.ApiKeySourceType.HEADER,
+            api_key_source_type=apigw.ApiKeySourceType.AUTHORIZER,
             # The region's API Gateway logging role (AWS::ApiGateway::Account) is shared by every
             # REST API there: owned by a stack, it overwrites the account's role and points at a
             # deleted role after destroy (aws-cdk#10878, #12769). Preflight checks it exists;
@@ -294,7 +315,9 @@ class RagApi(Construct):
             if deployment.api_gateway_account_role
             else None,
             default_cors_preflight_options=cors,
-            default_method_options=apigw.MethodOptions(api_key_required=True),
+            default_method_options=apigw.MethodOptions(
+                api_key_required=True, authorizer=self.key_authorizer.authorizer
+            ),
             deploy_options=apigw.StageOptions(
                 stage_name=STAGE,
                 access_log_destination=apigw.LogGroupLogDestination(access_logs),
@@ -373,13 +396,16 @@ class RagApi(Construct):
         # The chat page and its files: a browser loads them without a key (the page asks for it
         # and sends it with each API call). The app serves only fixed files on these GETs.
         static = api.root.add_resource(STATIC_ROUTE).add_resource("{name}")
+        no_key = _NoAuthorizer()
         self.public_methods = (
-            api.root.add_method("GET", integration, api_key_required=False),
-            static.add_method("GET", integration, api_key_required=False),
+            api.root.add_method("GET", integration, api_key_required=False, authorizer=no_key),
+            static.add_method("GET", integration, api_key_required=False, authorizer=no_key),
         )
         static.add_method("ANY", integration, api_key_required=True)
 
-        self.api_key = api.add_api_key("Key", api_key_name=f"{deployment.project}-key")
+        self.api_key = api.add_api_key(
+            "Key", api_key_name=f"{deployment.project}-key", value=self.key_authorizer.key_value
+        )
         plan = api.add_usage_plan(
             "Plan",
             name=f"{deployment.project}-plan",

@@ -135,3 +135,27 @@ def test_unknown_route_and_bad_body_use_the_error_contract(deployed):
     status, body = _call(deployed, "GET", "/nope")
     assert status == 404
     assert body["error"]["code"] == "not_found"
+
+
+def test_openai_client_with_only_base_url_and_key(deployed):
+    """The OpenAI SDK sends the key as `Authorization: Bearer`; the key authorizer hands it to
+    the usage plan (https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-api-key-source.html),
+    and `<ApiUrl>chat/completions` is stage `v1` + resource `/chat/completions`."""
+    import openai
+
+    key = subprocess.run(
+        shlex.split(deployed["ApiKeyCommand"]), capture_output=True, text=True, check=True
+    ).stdout.strip()
+    client = openai.OpenAI(base_url=deployed["ApiUrl"], api_key=key, timeout=HTTP_TIMEOUT_S)
+    messages = [{"role": "user", "content": "What do you think about RAG evaluation?"}]
+    completion = client.chat.completions.create(model="llm-twin", messages=messages)
+    assert (completion.choices[0].message.content or "").strip()
+    assert (completion.model_extra or {})["sources"]
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(model="llm-twin", messages=messages, stream=True)
+        if c.choices
+    )
+    assert streamed.strip()
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=deployed["ApiUrl"], api_key="wrong", max_retries=0).models.list()

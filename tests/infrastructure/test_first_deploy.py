@@ -233,9 +233,12 @@ def test_without_opik_nothing_is_queued_for_a_consumer_that_cannot_deliver(synth
     template = synth()["api"]
     assert not resources(template, "AWS::SQS::Queue")
     assert not resources(template, "AWS::Lambda::EventSourceMapping")
-    names = [f["Properties"]["FunctionName"] for f in resources(template, "AWS::Lambda::Function")]
-    assert names == ["llm-twin-rag"]
-    env = one(template, "AWS::Lambda::Function")["Environment"]["Variables"]
+    functions = {
+        f["Properties"]["FunctionName"]: f["Properties"]
+        for f in resources(template, "AWS::Lambda::Function")
+    }
+    assert sorted(functions) == ["llm-twin-authorizer", "llm-twin-rag"]  # no forwarder
+    env = functions["llm-twin-rag"]["Environment"]["Variables"]
     assert "TRACE_QUEUE_URL" not in env
     alarms = [a["Properties"]["AlarmName"] for a in resources(template, "AWS::CloudWatch::Alarm")]
     assert not [a for a in alarms if "trace" in a or "forwarder" in a]

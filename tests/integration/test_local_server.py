@@ -38,7 +38,10 @@ COLLECTIONS = ("embedded_articles", "embedded_posts", "embedded_repositories")
 API_KEY = "local-test-key"
 ANSWER = "Overlap matters less than chunk boundaries (stand-in model)."
 GATEWAY_FORBIDDEN = {
-    "error": {"code": "forbidden", "message": "missing or invalid API key (x-api-key header)"}
+    "error": {
+        "code": "forbidden",
+        "message": "missing or invalid API key (Authorization: Bearer or x-api-key header)",
+    }
 }
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024
 START_GUARD_S = 300.0

@@ -1,0 +1,1 @@
+"""API key authorizer: lets OpenAI clients send the key as `Authorization: Bearer <key>`."""
