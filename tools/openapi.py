@@ -207,6 +207,19 @@ def build() -> dict[str, Any]:
             "RetrieveRequest",
             "RetrieveResponse",
         ),
+        "/": {
+            "get": {
+                "summary": "The chat page (static HTML; its script and style under /static/)",
+                "operationId": "chatPage",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The page, with a strict Content-Security-Policy",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/health": {
             "get": {
                 "summary": "Liveness, no downstream calls",
