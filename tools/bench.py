@@ -1047,7 +1047,7 @@ STAGE_NOTES = {
     "query_expansion": "concurrent with self_query",
     "embed": f"one batch of {EXPANSION_N} queries",
     "search": "one query_batch_points per collection (brute force in local mode)",
-    "rerank": "one cross-encoder batch",
+    "rerank": "length-sorted cross-encoder batches of 2 (before issue 18: one padded batch)",
     "prompt": "",
     "generate": "call overhead only (instant LLM)",
     "api": "ASGI app in process: body parsing, response model, JSON, trace event (wall - pipeline total)",

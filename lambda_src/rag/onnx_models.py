@@ -21,6 +21,8 @@ from tokenizers import Encoding, Tokenizer
 EMBEDDER_MAX_LENGTH = 256
 """all-MiniLM-L6-v2's max_seq_length: its tokenizer.json says 128, sentence-transformers 256."""
 CROSS_ENCODER_MAX_LENGTH = 512
+CROSS_ENCODER_BATCH = 2
+"""Pairs per cross-encoder run: small batches of length-sorted pairs pad least (tools.rerank_bench)."""
 DEFAULT_THREADS = 1
 _NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps
 _MODEL_FILES = ("model.onnx", "onnx/model.onnx")
@@ -157,14 +159,29 @@ class OnnxCrossEncoder(_OnnxTextModel):
         max_length: int = CROSS_ENCODER_MAX_LENGTH,
         threads: int = DEFAULT_THREADS,
         model_id: str | None = None,
+        batch_size: int = CROSS_ENCODER_BATCH,
     ):
         super().__init__(folder, max_length=max_length, threads=threads, model_id=model_id)
         self._output_name = self.session.get_outputs()[0].name
+        self.batch_size = batch_size
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        """One logit per passage, in the passages' order.
+
+        Pairs run shortest first in batches of `batch_size`, each cut to its own longest pair
+        (padding is on the right): a short pair is not computed at the length of the longest."""
         if not passages:
             return []
         encodings = self.tokenizer.encode_batch([(query, p) for p in passages])
-        (logits,) = self.session.run([self._output_name], self._feed(encodings))
-        logits = np.asarray(logits, dtype=np.float32)
-        return [float(x) for x in logits.reshape(len(passages), -1)[:, 0]]
+        feed = self._feed(encodings)
+        lengths = feed["attention_mask"].sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        scores = np.empty(len(passages), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            width = int(lengths[rows].max())
+            (logits,) = self.session.run(
+                [self._output_name], {name: a[rows, :width] for name, a in feed.items()}
+            )
+            scores[rows] = np.asarray(logits, dtype=np.float32).reshape(len(rows), -1)[:, 0]
+        return [float(x) for x in scores]

@@ -1,42 +1,74 @@
 """Builds the production `Deps` from the environment, once per container (lazily, cached).
 
 The adapters are imported inside the functions: tests of the pipeline and the API never load
-onnxruntime, qdrant-client or boto3.
+onnxruntime, qdrant-client or boto3. This module imports nothing heavy itself (the pipeline's
+modules come in with the first `build_deps`), so `start_models` can run before the web framework
+is imported.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rag.pipeline import Deps
-from rag.ports import LLM, Embedder, Reranker, TraceSink, VectorStore
-from rag.settings import Settings
+if TYPE_CHECKING:
+    from rag.pipeline import Deps
+    from rag.ports import LLM, Embedder, Reranker, TraceSink, VectorStore
+    from rag.settings import Settings
 
 _deps: Deps | None = None
+_models: tuple[Settings, Future[tuple[Embedder, Reranker | None]]] | None = None
 _lock = threading.Lock()
+
+
+def start_models() -> None:
+    """Start loading the models on a side thread now; the next `get_deps` joins it.
+
+    Called first thing at the Lambda's init (web/main.py), before FastAPI, the app and the
+    clients are imported: fetching the model archive and building ONNX sessions wait on I/O or
+    run in C++ outside the GIL, so they overlap those pure-Python imports instead of following
+    them. A failure surfaces in `get_deps`, which then retries from scratch."""
+    global _models
+    from rag.settings import Settings
+
+    with _lock:
+        if _deps is None and _models is None:
+            try:
+                settings = Settings.from_env(os.environ)
+            except ValueError:
+                return  # get_deps reads the settings again, and reports what is wrong
+            _models = (settings, _submit_models(settings))
 
 
 def get_deps() -> Deps:
     """The container's Deps, built on the first request (settings, models, clients)."""
-    global _deps
+    global _deps, _models
     with _lock:
         if _deps is None:
-            _deps = build_deps(Settings.from_env(os.environ))
+            started, _models = _models, None  # one attempt each: a retry starts afresh
+            if started is None:
+                from rag.settings import Settings
+
+                _deps = build_deps(Settings.from_env(os.environ))
+            else:
+                _deps = build_deps(started[0], models=started[1])
         return _deps
 
 
-def build_deps(settings: Settings) -> Deps:
-    """Models on a side thread while this one imports and builds the clients: fetching the model
-    archive (S3, in Lambda) and creating ONNX sessions mostly wait on I/O or run in C++ outside the
-    GIL, while importing qdrant-client and boto3 is pure Python, so the two overlap."""
-    from concurrent.futures import ThreadPoolExecutor
+def build_deps(
+    settings: Settings, models: Future[tuple[Embedder, Reranker | None]] | None = None
+) -> Deps:
+    """Models on a side thread (`models`, when `start_models` began them earlier) while this one
+    imports and builds the clients: importing qdrant-client and boto3 is pure Python, loading
+    the models mostly is not, so the two overlap."""
+    from rag.pipeline import Deps
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cold-models") as pool:
-        models = pool.submit(_load_models, settings)
-        store, llm, sink = _build_clients(settings)
-        embedder, reranker = models.result()
+    pending = models if models is not None else _submit_models(settings)
+    store, llm, sink = _build_clients(settings)
+    embedder, reranker = pending.result()
     return Deps(
         settings=settings,
         llm=llm,
@@ -45,6 +77,14 @@ def build_deps(settings: Settings) -> Deps:
         store=store,
         sink=sink,
     )
+
+
+def _submit_models(settings: Settings) -> Future[tuple[Embedder, Reranker | None]]:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cold-models")
+    try:
+        return pool.submit(_load_models, settings)
+    finally:
+        pool.shutdown(wait=False)  # the worker ends after its one task
 
 
 def _load_models(settings: Settings) -> tuple[Embedder, Reranker | None]:

@@ -4,18 +4,26 @@ The adapter starts the app during the Lambda's init phase and waits for `/health
 builds the dependencies (models, clients) before uvicorn starts listening, so the init phase, not
 the first request, pays for them. A failure there is logged and retried by the first request,
 which then answers the contract's 500 instead of the function never starting.
+
+The models start loading before anything else is imported (`wiring.start_models`): FastAPI, the
+app, Powertools and the clients import while the ONNX sessions build, instead of before them.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from rag import wiring
 
-from fastapi import FastAPI
+wiring.start_models()
 
-from rag.observability import logger
-from rag.wiring import get_deps
-from web.app import create_app
+# The rest imports after the models started, on purpose (E402).
+from collections.abc import AsyncIterator  # noqa: E402
+from contextlib import asynccontextmanager  # noqa: E402
+
+from fastapi import FastAPI  # noqa: E402
+
+from rag.observability import logger  # noqa: E402
+from rag.wiring import get_deps  # noqa: E402
+from web.app import create_app  # noqa: E402
 
 
 @asynccontextmanager

@@ -125,6 +125,35 @@ def test_cross_encoder_scores_do_not_depend_on_the_batch(tiny_reranker_dir: Path
     np.testing.assert_allclose(batch, singles, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_length_sorted_batches_keep_the_passages_order_and_scores(
+    tiny_reranker_dir: Path, batch_size: int
+) -> None:
+    # Given passages whose lengths are out of order
+    passages = ["rust " * 30, "qdrant", "how to deploy llama on sagemaker " * 3, "llama"]
+    one_batch = OnnxCrossEncoder(tiny_reranker_dir, batch_size=len(passages))
+    sorted_batches = OnnxCrossEncoder(tiny_reranker_dir, batch_size=batch_size)
+    widths: list[int] = []
+    run = sorted_batches.session.run
+
+    def recording_run(names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        widths.append(feed["input_ids"].shape[1])
+        return run(names, feed)
+
+    sorted_batches.session = _SessionSpy(recording_run)  # type: ignore[assignment]
+    # When scored in length-sorted batches
+    scores = sorted_batches.score("deploy llama", passages)
+    # Then each passage keeps its score and place, and shorter batches ran at their own width
+    np.testing.assert_allclose(scores, one_batch.score("deploy llama", passages), atol=1e-5)
+    assert len(widths) == -(-len(passages) // batch_size)
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+
+
+class _SessionSpy:
+    def __init__(self, run: object) -> None:
+        self.run = run
+
+
 def test_cross_encoder_truncates_pairs_at_512_tokens(tiny_reranker_dir: Path) -> None:
     # Given passages far longer than 512 tokens that differ only after token 600
     reranker = OnnxCrossEncoder(tiny_reranker_dir)
