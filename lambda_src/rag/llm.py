@@ -754,29 +754,7 @@ class HttpLLM:
     ) -> TextStream:
         """Sends the request and checks the status now; the events are read as they arrive,
         each socket read bounded by `stall_timeout_s` (no byte for that long: a stalled model)."""
-        timeout = urllib3.Timeout(connect=self.connect_timeout_s, read=stall_timeout_s)
-        try:
-            response = self._pool.request(
-                "POST",
-                self.base_url + path,
-                body=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
-                timeout=timeout,
-                preload_content=False,
-            )
-        except MaxRetryError as exc:
-            raise self._map_transport_error(exc.reason, stall_timeout_s) from None
-        except Urllib3HTTPError as exc:
-            raise self._map_transport_error(exc, stall_timeout_s) from None
-        if response.status >= 400:
-            data = response.read()
-            response.release_conn()
-            raise error_for_status(
-                response.status,
-                data,
-                retry_after=response.headers.get("Retry-After"),
-                where=self.description,
-            )
+        response = self._request(path, body, read_s=stall_timeout_s, stream=True)
 
         def chunks() -> Iterator[bytes]:
             try:
@@ -796,28 +774,39 @@ class HttpLLM:
 
     def _post(self, path: str, body: Mapping[str, Any], timeout_s: float | None) -> Any:
         read_s = timeout_s if timeout_s is not None else self.read_timeout_s
-        timeout = urllib3.Timeout(connect=self.connect_timeout_s, read=read_s)
+        return _decode_json(self._request(path, body, read_s=read_s, stream=False).data)
+
+    def _request(
+        self, path: str, body: Mapping[str, Any], *, read_s: float, stream: bool
+    ) -> urllib3.BaseHTTPResponse:
+        """POSTs `body` as JSON; transport failures and 4xx/5xx become the API's errors. A
+        streamed response is returned unread (each socket read bounded by `read_s`)."""
         try:
             response = self._pool.request(
                 "POST",
                 self.base_url + path,
                 body=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json", "Accept": "application/json"},
-                timeout=timeout,
-                preload_content=True,
+                headers={
+                    "Content-Type": "application/json",
+                    "Accept": "text/event-stream" if stream else "application/json",
+                },
+                timeout=urllib3.Timeout(connect=self.connect_timeout_s, read=read_s),
+                preload_content=not stream,
             )
         except MaxRetryError as exc:
             raise self._map_transport_error(exc.reason, read_s) from None
         except Urllib3HTTPError as exc:
             raise self._map_transport_error(exc, read_s) from None
         if response.status >= 400:
+            data = response.read() if stream else response.data
+            response.release_conn()
             raise error_for_status(
                 response.status,
-                response.data,
+                data,
                 retry_after=response.headers.get("Retry-After"),
                 where=self.description,
             )
-        return _decode_json(response.data)
+        return response
 
     def _map_transport_error(self, exc: BaseException | None, read_s: float) -> ApiError:
         if isinstance(exc, Urllib3ReadTimeoutError):
