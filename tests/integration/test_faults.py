@@ -75,9 +75,10 @@ REGION = "eu-west-1"
 QUERY = "How should I chunk documents for retrieval?"
 NO_HELPERS = {"author": "Maya Okafor", "expand": False}
 """A body that runs no LLM helper call: the generation call is the only one a fault hits."""
-TEST_QDRANT_TIMEOUT_S = 1
+TEST_QDRANT_TIMEOUT_S = 2
+"""Generous for a local fake: a loaded machine must not turn a healthy search into a timeout."""
 TEST_LLM_READ_TIMEOUT_S = 1
-HANG_S = 3
+HANG_S = 4
 """Longer than the test read timeouts; the fakes wake early when they stop."""
 
 

@@ -96,9 +96,10 @@ def test_events_come_in_order_and_done_equals_the_buffered_answer(tgi: TgiServer
 
 
 def test_tokens_reach_the_client_while_the_model_is_still_generating(tgi: TgiServer) -> None:
-    # Given a model that stops for a long while after two tokens
-    tgi.queue(Fault.stream_stall(2, seconds=30))
-    world = world_for(tgi)
+    # Given a model that pauses after two tokens, well inside the stall timeout (a pause as long
+    # as the timeout would race it: the trace would then say model_stalled)
+    tgi.queue(Fault.stream_stall(2, seconds=3))
+    world = world_for(tgi, LLM_STREAM_STALL_S="30")
     with LocalServer(local_app(world.deps)) as server, httpx.Client(base_url=server.url) as http:
         body = {"query": "DPO?"}
         with http.stream(
