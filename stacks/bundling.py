@@ -14,24 +14,36 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import jsii
 from aws_cdk import BundlingOptions, DockerImage, ILocalBundling
 
+from stacks.config import LambdaArchitecture
+
 REPO = Path(__file__).resolve().parent.parent
 LAMBDA_SRC = REPO / "lambda_src"
 RUNTIME_PYTHON = "3.13"
-PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
+PLATFORMS: dict[LambdaArchitecture, tuple[str, ...]] = {
+    "x86_64": ("manylinux2014_x86_64", "manylinux_2_28_x86_64"),
+    "arm64": ("manylinux2014_aarch64", "manylinux_2_28_aarch64"),
+}
+"""pip platform tags per Lambda architecture: Lambda's Python 3.13 runs on Amazon Linux 2023
+(glibc 2.34), so manylinux_2_28 wheels load there, and manylinux2014 (glibc 2.17) ones too."""
 # Provided by the Lambda Python runtime; bundling them only adds size (and version skew).
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 _UNUSED_AT_RUNTIME = ("__pycache__", "tests", "*.dist-info/RECORD")
 
 
 def pip_target_command(
-    requirements: Path, target: Path, *, no_deps: bool = False, python_version: str = RUNTIME_PYTHON
+    requirements: Path,
+    target: Path,
+    *,
+    architecture: LambdaArchitecture,
+    no_deps: bool = False,
+    python_version: str = RUNTIME_PYTHON,
 ) -> list[str]:
     command = [
         sys.executable,
@@ -52,7 +64,7 @@ def pip_target_command(
         "--no-compile",
         "--upgrade",
     ]
-    for platform in PLATFORMS:
+    for platform in PLATFORMS[architecture]:
         command += ["--platform", platform]
     if no_deps:
         command.append("--no-deps")
@@ -125,15 +137,17 @@ class PythonBundle:
     exclude: Sequence[str] = ()
     """Globs (relative to the bundle root) of installed files the code never imports."""
 
-    def build(self, target: Path) -> None:
+    def build(self, target: Path, architecture: LambdaArchitecture) -> None:
         target.mkdir(parents=True, exist_ok=True)
         print(
-            f"bundling {', '.join(self.packages)}: pip install -r {self.requirements.name}",
+            f"bundling {', '.join(self.packages)} for {architecture}: "
+            f"pip install -r {self.requirements.name}",
             file=sys.stderr,
         )
-        subprocess.run(  # noqa: S603 - fixed argv, no shell
-            pip_target_command(self.requirements, target, no_deps=self.no_deps), check=True
+        command = pip_target_command(
+            self.requirements, target, architecture=architecture, no_deps=self.no_deps
         )
+        subprocess.run(command, check=True)  # noqa: S603 - fixed argv, no shell
         remove_runtime_provided(target)
         for pattern in self.exclude:
             for path in target.glob(pattern):
@@ -148,18 +162,24 @@ class PythonBundle:
         compile_bytecode(target)
         print(f"bundled {directory_size(target) / 1e6:.1f} MB unzipped", file=sys.stderr)
 
-    def options(self) -> BundlingOptions:
+    def options(self, architecture: LambdaArchitecture) -> BundlingOptions:
         return BundlingOptions(
             # Never used: local bundling always succeeds or raises. CDK requires an image.
             image=DockerImage.from_registry("unused-local-bundling-only"),
-            local=_LocalBundler(self),
+            local=_LocalBundler(lambda target: self.build(target, architecture)),
         )
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, architecture: LambdaArchitecture) -> str:
         digest = hashlib.sha256(self.requirements.read_bytes())
         digest.update(
             json.dumps(
-                [self.packages, self.no_deps, self.exclude, RUNTIME_PYTHON, PLATFORMS]
+                [
+                    self.packages,
+                    self.no_deps,
+                    self.exclude,
+                    RUNTIME_PYTHON,
+                    PLATFORMS[architecture],
+                ]
             ).encode()
         )
         for package in self.packages:
@@ -188,7 +208,8 @@ class ModelBundle:
 
     def options(self) -> BundlingOptions:
         return BundlingOptions(
-            image=DockerImage.from_registry("unused-local-bundling-only"), local=_LocalBundler(self)
+            image=DockerImage.from_registry("unused-local-bundling-only"),
+            local=_LocalBundler(self.build),
         )
 
     def fingerprint(self) -> str:
@@ -205,9 +226,9 @@ class ModelBundle:
 
 @jsii.implements(ILocalBundling)
 class _LocalBundler:
-    def __init__(self, bundle: PythonBundle | ModelBundle):
-        self._bundle = bundle
+    def __init__(self, build: Callable[[Path], None]):
+        self._build = build
 
     def try_bundle(self, output_dir: str, *, image: DockerImage, **_: object) -> bool:
-        self._bundle.build(Path(output_dir))
+        self._build(Path(output_dir))
         return True

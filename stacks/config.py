@@ -25,6 +25,8 @@ _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 MODEL_DIR = "/opt/ml/model"
 """Where SageMaker puts a model's data (ModelDataSource) inside the container."""
 _HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+LambdaArchitecture = Literal["x86_64", "arm64"]
+"""Lambda's names for its two instruction sets (CDK's `Architecture.name`)."""
 
 
 class ConfigError(Exception):
@@ -477,6 +479,12 @@ class DeploymentConfig(_Strict):
     idle_scale_to_zero: bool = False
     embedding_model_dir: str | None = None
     reranker_model_dir: str | None = None
+    lambda_architecture: LambdaArchitecture = "x86_64"
+    """Every Lambda's CPU: arm64 (Graviton) costs ~20% less per GB-second; bundles then carry
+    aarch64 wheels and the business Lambda the adapter layer built for arm64."""
+    snapstart: bool = False
+    """Lambda SnapStart on the business Lambda: API Gateway calls a published version's alias,
+    restored from a snapshot taken after init (models loaded) instead of initializing anew."""
 
     @property
     def traces_enabled(self) -> bool:

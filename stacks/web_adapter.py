@@ -2,7 +2,9 @@
 Lambda and streams through API Gateway (DESIGN 4). AWS publishes the layer in its own account,
 one name per architecture; the versions are pinned here and nowhere else.
 (https://awslabs.github.io/aws-lambda-web-adapter/ ; aws-samples/serverless-samples
-`apigw-response-streaming/python-strands-lambda/template.yaml`.)
+`apigw-response-streaming/python-strands-lambda/template.yaml`.) Version 30 of both layers is
+the adapter 1.1+, which bridges Lambda SnapStart's hooks to the app (aws/aws-lambda-web-adapter
+`examples/fastapi-snapstart-zip/README.md`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from aws_cdk import Stack
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
+from web.snapstart import HOOK_PATHS
+
 PUBLISHER_ACCOUNT = "753240598075"
 LAYERS: dict[str, tuple[str, int]] = {
-    lambda_.Architecture.X86_64.name: ("LambdaAdapterLayerX86", 25),
-    lambda_.Architecture.ARM_64.name: ("LambdaAdapterLayerArm64", 24),
+    lambda_.Architecture.X86_64.name: ("LambdaAdapterLayerX86", 30),
+    lambda_.Architecture.ARM_64.name: ("LambdaAdapterLayerArm64", 30),
 }
 """Architecture name -> (layer name, version)."""
 APP_PORT = 8000
@@ -29,13 +33,15 @@ def layer_arn(region: str, architecture: lambda_.Architecture) -> str:
     return f"arn:aws:lambda:{region}:{PUBLISHER_ACCOUNT}:layer:{name}:{version}"
 
 
-def environment() -> dict[str, str]:
-    """The adapter's settings: stream the response, start the app on APP_PORT, wait for /health."""
+def environment(*, snapstart: bool) -> dict[str, str]:
+    """The adapter's settings: stream the response, start the app on APP_PORT, wait for /health;
+    with SnapStart, the paths the adapter POSTs to around the snapshot (web.snapstart)."""
     return {
         "AWS_LAMBDA_EXEC_WRAPPER": "/opt/bootstrap",
         "AWS_LWA_INVOKE_MODE": "response_stream",
         "AWS_LWA_PORT": str(APP_PORT),
         "AWS_LWA_READINESS_CHECK_PATH": READINESS_PATH,
+        **(HOOK_PATHS if snapstart else {}),
     }
 
 

@@ -703,7 +703,7 @@ def bundle_sizes(work: Path) -> dict[str, float] | str:
         target.mkdir(parents=True)
         try:
             with contextlib.redirect_stdout(sys.stderr):
-                bundle.build(target)
+                bundle.build(target, "x86_64")
         except Exception as exc:  # pip or the network failed midway
             return f"not measured: building the {name} bundle failed ({type(exc).__name__})"
         sizes[name] = directory_size(target) / 1e6

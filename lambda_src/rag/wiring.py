@@ -8,6 +8,7 @@ is imported.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,6 +57,33 @@ def get_deps() -> Deps:
             else:
                 _deps = build_deps(started[0], models=started[1])
         return _deps
+
+
+def before_snapshot() -> None:
+    """SnapStart, before the snapshot: everything built (settings, secrets, models, clients),
+    then each model run once, so ONNX Runtime's first-run allocations are in the snapshot too
+    instead of in the first request after every restore."""
+    deps = get_deps()
+    deps.embedder.embed([_WARM_TEXT])
+    if deps.reranker is not None:
+        deps.reranker.score(_WARM_TEXT, [_WARM_TEXT])
+
+
+def after_restore() -> None:
+    """SnapStart, after a restore and before traffic: new network clients (Qdrant, the LLM's
+    SageMaker or HTTP client, the trace sink). The snapshot's clients hold connections that died
+    with the environment they were opened in, and the sink's sampling generator was seeded once
+    for every environment restored from the snapshot (AWS, "Handling uniqueness with Lambda
+    SnapStart"). Models and settings stay: that is what the snapshot is for."""
+    global _deps
+    with _lock:
+        if _deps is None:
+            return  # nothing built before the snapshot: the first request builds it all
+        store, llm, sink = _build_clients(_deps.settings)
+        _deps = dataclasses.replace(_deps, store=store, llm=llm, sink=sink)
+
+
+_WARM_TEXT = "warm up"
 
 
 def build_deps(

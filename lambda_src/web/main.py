@@ -16,6 +16,7 @@ from rag import wiring
 wiring.start_models()
 
 # The rest imports after the models started, on purpose (E402).
+import os  # noqa: E402
 from collections.abc import AsyncIterator  # noqa: E402
 from contextlib import asynccontextmanager  # noqa: E402
 
@@ -23,6 +24,7 @@ from fastapi import FastAPI  # noqa: E402
 
 from rag.observability import logger  # noqa: E402
 from rag.wiring import get_deps  # noqa: E402
+from web import snapstart  # noqa: E402
 from web.app import create_app  # noqa: E402
 
 
@@ -37,3 +39,9 @@ async def _warm(_: FastAPI) -> AsyncIterator[None]:
 
 app = create_app(get_deps)
 app.router.lifespan_context = _warm
+snapstart.add_hooks(
+    app,
+    os.environ,
+    before_snapshot=wiring.before_snapshot,
+    after_restore=wiring.after_restore,
+)

@@ -25,6 +25,7 @@ from constructs import Construct
 
 from authorizer.handler import SECRET_ENV
 from stacks.bundling import LAMBDA_SRC, PythonBundle
+from stacks.config import LambdaArchitecture
 from stacks.constructs.python_function import PythonFunction
 from stacks.nag import acknowledge
 
@@ -39,7 +40,14 @@ AUTHORIZER_BUNDLE = PythonBundle(
 
 
 class ApiKeyAuthorizer(Construct):
-    def __init__(self, scope: Construct, construct_id: str, *, project: str) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        project: str,
+        architecture: LambdaArchitecture,
+    ) -> None:
         super().__init__(scope, construct_id)
         self.secret = secretsmanager.Secret(
             self,
@@ -68,6 +76,7 @@ class ApiKeyAuthorizer(Construct):
             timeout=Duration.seconds(AUTHORIZER_TIMEOUT_S),
             environment={SECRET_ENV: self.secret.secret_arn},
             service_name="authorizer",
+            architecture=architecture,
         ).function
         self.secret.grant_read(self.function)
         self.authorizer = apigw.RequestAuthorizer(

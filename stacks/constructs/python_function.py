@@ -13,14 +13,17 @@ from constructs import Construct
 
 from stacks import web_adapter
 from stacks.bundling import LAMBDA_SRC, RUNTIME_PYTHON, PythonBundle
+from stacks.config import LambdaArchitecture
 from stacks.nag import acknowledge, rendered
 
 # Python 3.13: the newest runtime whose interpreter the build machines have, so bundles ship
 # byte code compiled for it (cold start); 3.14 is one constant away once builders have it.
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 assert RUNTIME.name == f"python{RUNTIME_PYTHON}"
-# x86_64: the wheels, parity tests and benchmarks are built and measured on x86_64 machines.
-ARCHITECTURE = lambda_.Architecture.X86_64
+ARCHITECTURES = {a.name: a for a in (lambda_.Architecture.X86_64, lambda_.Architecture.ARM_64)}
+"""The setting's value (`lambda_architecture`) -> CDK's architecture of that name."""
+ALIAS = "live"
+"""With SnapStart, API Gateway calls this alias of the latest published version."""
 LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 POWERTOOLS_LOG_LEVEL = "INFO"
 
@@ -30,7 +33,11 @@ class PythonFunction(Construct):
     that can write only there and send X-Ray traces; everything else is granted by the caller.
 
     `web_app=True`: the function is a web app behind the Lambda Web Adapter layer (its handler
-    is the adapter's run script), streaming its responses; else `handler` is a Python handler."""
+    is the adapter's run script), streaming its responses; else `handler` is a Python handler.
+
+    `snapstart=True`: Lambda SnapStart on published versions. Each deploy with changed code or
+    settings publishes a version (snapshotted after its init) and moves the `live` alias to it;
+    callers invoke `invoke_target` (the alias), since $LATEST is never snapshotted."""
 
     def __init__(
         self,
@@ -46,6 +53,8 @@ class PythonFunction(Construct):
         timeout: Duration,
         environment: Mapping[str, str],
         service_name: str,
+        architecture: LambdaArchitecture,
+        snapstart: bool = False,
         reserved_concurrency: int | None = None,
         vpc: ec2.IVpc | None = None,
     ):
@@ -54,7 +63,8 @@ class PythonFunction(Construct):
             handler = web_adapter.HANDLER
         if handler is None:
             raise ValueError("give either a Python handler or web_app=True")
-        adapter_env = web_adapter.environment() if web_app else {}
+        adapter_env = web_adapter.environment(snapstart=snapstart) if web_app else {}
+        cpu = ARCHITECTURES[architecture]
         self.log_group = logs.LogGroup(
             self,
             "Logs",
@@ -86,14 +96,14 @@ class PythonFunction(Construct):
             function_name=function_name,
             description=description,
             runtime=RUNTIME,
-            architecture=ARCHITECTURE,
+            architecture=cpu,
             handler=handler,
-            layers=[web_adapter.layer(self, ARCHITECTURE)] if web_app else None,
+            layers=[web_adapter.layer(self, cpu)] if web_app else None,
             code=lambda_.Code.from_asset(
                 str(LAMBDA_SRC),
-                bundling=bundle.options(),
+                bundling=bundle.options(architecture),
                 asset_hash_type=AssetHashType.CUSTOM,
-                asset_hash=bundle.fingerprint(),
+                asset_hash=bundle.fingerprint(architecture),
             ),
             memory_size=memory_mb,
             timeout=timeout,
@@ -110,6 +120,12 @@ class PythonFunction(Construct):
             role=self.role,
             reserved_concurrent_executions=reserved_concurrency,
             vpc=vpc,
+            snap_start=lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if snapstart else None,
+        )
+        self.invoke_target: lambda_.IFunction = (
+            lambda_.Alias(self, "Live", alias_name=ALIAS, version=self.function.current_version)
+            if snapstart
+            else self.function
         )
         self._acknowledge(vpc is not None)
 

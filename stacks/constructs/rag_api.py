@@ -240,6 +240,8 @@ class RagApi(Construct):
             timeout=Duration.seconds(LAMBDA_TIMEOUT_S),
             environment=environment,
             service_name="rag",
+            architecture=deployment.lambda_architecture,
+            snapstart=deployment.snapstart,
             reserved_concurrency=deployment.lambda_reserved_concurrency,
             vpc=vpc,
         )
@@ -255,7 +257,7 @@ class RagApi(Construct):
                 resources=[self.model_asset.bucket.arn_for_objects(self.model_asset.s3_object_key)],
             )
         )
-        self.api = self._rest_api(function, deployment)
+        self.api = self._rest_api(self.business.invoke_target, deployment)
 
     def _qdrant(self, deployment: DeploymentConfig) -> QdrantConnection:
         if deployment.qdrant_api_key_secret_name:
@@ -289,7 +291,12 @@ class RagApi(Construct):
         )
         # API keys come from the authorizer (x-api-key or Authorization: Bearer), every method
         # that requires one runs it; the usage plan throttles and counts the key as before.
-        self.key_authorizer = ApiKeyAuthorizer(self, "KeyAuthorizer", project=deployment.project)
+        self.key_authorizer = ApiKeyAuthorizer(
+            self,
+            "KeyAuthorizer",
+            project=deployment.project,
+            architecture=deployment.lambda_architecture,
+        )
         cors = (
             apigw.CorsOptions(
                 allow_origins=deployment.cors_origins,

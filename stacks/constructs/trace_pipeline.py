@@ -102,6 +102,7 @@ class TracePipeline(Construct):
             timeout=FORWARDER_TIMEOUT,
             environment=environment,
             service_name="trace-forwarder",
+            architecture=deployment.lambda_architecture,
         )
         function = self.forwarder.function
         function.add_event_source(

@@ -34,6 +34,8 @@ ALL_OPTIONAL_KEYS: dict[str, Any] = {
     "idle_scale_to_zero": "true",
     "embedding_model_dir": "/nonexistent/embedding",
     "reranker_model_dir": "/nonexistent/reranker",
+    "lambda_architecture": "arm64",
+    "snapstart": "true",
 }
 
 

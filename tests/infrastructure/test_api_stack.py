@@ -375,7 +375,7 @@ def test_the_business_lambda_runs_the_app_behind_the_web_adapter(synth):
     assert env["AWS_LWA_READINESS_CHECK_PATH"] == "/health"
     assert env["AWS_LWA_PORT"] == "8000"
     (layer,) = fn["Layers"]
-    assert ":753240598075:layer:LambdaAdapterLayerX86:25" in json.dumps(layer)
+    assert ":753240598075:layer:LambdaAdapterLayerX86:30" in json.dumps(layer)
     assert {"Ref": "AWS::Region"} in layer["Fn::Join"][1]
     # The forwarder is a plain Python handler: no adapter
     forwarder = next(

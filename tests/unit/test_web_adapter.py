@@ -13,9 +13,12 @@ from aws_cdk import aws_lambda as lambda_
 
 from stacks import web_adapter
 from stacks.bundling import LAMBDA_SRC
+from web.snapstart import AFTER_RESTORE_ENV, BEFORE_SNAPSHOT_ENV, HOOK_PATHS
 
 # Published by AWS (https://awslabs.github.io/aws-lambda-web-adapter/ "Lambda functions packaged
 # as Zip package"; aws-samples/serverless-samples apigw-response-streaming/python-strands-lambda).
+# Version 30 of each: aws/aws-lambda-web-adapter examples/fastapi-snapstart-zip/README.md, the
+# adapter with SnapStart hooks, both architectures.
 LAYER_ARN = re.compile(
     r"^arn:aws:lambda:[a-z0-9-]+:753240598075:layer:LambdaAdapterLayer(X86|Arm64):\d+$"
 )
@@ -26,11 +29,11 @@ LAYER_ARN = re.compile(
     [
         (
             lambda_.Architecture.X86_64,
-            "arn:aws:lambda:eu-west-1:753240598075:layer:LambdaAdapterLayerX86:25",
+            "arn:aws:lambda:eu-west-1:753240598075:layer:LambdaAdapterLayerX86:30",
         ),
         (
             lambda_.Architecture.ARM_64,
-            "arn:aws:lambda:eu-west-1:753240598075:layer:LambdaAdapterLayerArm64:24",
+            "arn:aws:lambda:eu-west-1:753240598075:layer:LambdaAdapterLayerArm64:30",
         ),
     ],
 )
@@ -57,6 +60,10 @@ def test_the_run_script_is_an_executable_that_starts_the_app_on_the_adapter_port
 def test_the_run_script_serves_health_where_the_adapter_checks_readiness(tmp_path: Path) -> None:
     # As the adapter's bootstrap would: LAMBDA_TASK_ROOT is the bundle, AWS_LWA_PORT the port;
     # the readiness path answers 200 before any dependency exists (none are configured here).
+    # With SnapStart's hook variables set, the app answers the adapter's POSTs at those paths: a
+    # restore before anything was built has nothing to renew (2xx), and a snapshot of an app
+    # whose models cannot load fails (non-2xx fails the phase: aws-lambda-web-adapter
+    # docs/src/features/snapstart.md), rather than snapshotting a broken app.
     import socket
     import subprocess
     import time
@@ -74,6 +81,7 @@ def test_the_run_script_serves_health_where_the_adapter_checks_readiness(tmp_pat
         "AWS_LWA_PORT": str(port),
         "POWERTOOLS_METRICS_DISABLED": "true",
         "EMBEDDING_MODEL_DIR": str(tmp_path / "missing"),
+        **HOOK_PATHS,  # as the stack sets them with snapstart on
     }
     process = subprocess.Popen(
         [str(LAMBDA_SRC / web_adapter.HANDLER)],
@@ -93,7 +101,13 @@ def test_the_run_script_serves_health_where_the_adapter_checks_readiness(tmp_pat
                 if process.poll() is not None:
                     break
                 time.sleep(0.1)
+        hooks = {
+            variable: httpx.post(f"http://127.0.0.1:{port}{env[variable]}", timeout=60).status_code
+            for variable in HOOK_PATHS
+            if status == 200
+        }
     finally:
         process.terminate()
         output = process.communicate(timeout=60)[0].decode(errors="replace")
     assert status == 200, output
+    assert hooks == {AFTER_RESTORE_ENV: 204, BEFORE_SNAPSHOT_ENV: 500}, output
