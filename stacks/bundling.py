@@ -34,6 +34,8 @@ PLATFORMS: dict[LambdaArchitecture, tuple[str, ...]] = {
 (glibc 2.34), so manylinux_2_28 wheels load there, and manylinux2014 (glibc 2.17) ones too."""
 # Provided by the Lambda Python runtime; bundling them only adds size (and version skew).
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
+LAMBDA_TMP_BYTES = 512 * 2**20
+"""Lambda's default ephemeral storage (/tmp), which the stack keeps: SnapStart refuses more."""
 _UNUSED_AT_RUNTIME = ("__pycache__", "tests", "*.dist-info/RECORD")
 
 
@@ -198,12 +200,22 @@ class ModelBundle:
     reranker_dir: Path
 
     def build(self, target: Path) -> None:
-        for name, source in (("embedding", self.embedding_dir), ("reranker", self.reranker_dir)):
+        sources = (("embedding", self.embedding_dir), ("reranker", self.reranker_dir))
+        for name, source in sources:
             if not source.is_dir():
                 raise FileNotFoundError(
                     f"model folder {source} is missing: run `make models` (downloads the pinned "
                     f"models from the Hugging Face Hub) or set -c {name}_model_dir=<folder>"
                 )
+        # The Lambda downloads the zip to /tmp and extracts it beside it (rag.model_store);
+        # ONNX weights barely compress, so the peak is about twice the models.
+        peak = 2 * sum(directory_size(source) for _, source in sources)
+        if peak > LAMBDA_TMP_BYTES:
+            raise ValueError(
+                f"the models need ~{peak / 2**20:.0f} MiB of /tmp at load, more than Lambda's "
+                f"{LAMBDA_TMP_BYTES / 2**20:.0f} MiB (the most SnapStart allows)"
+            )
+        for name, source in sources:
             shutil.copytree(source, target / name, dirs_exist_ok=True)
 
     def options(self) -> BundlingOptions:

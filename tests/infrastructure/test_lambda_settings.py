@@ -161,3 +161,25 @@ def test_snapstart_and_arm64_synthesize_together(synth):
     assert not resources(template, "AWS::Lambda::Alias")[0]["Properties"].get(
         "ProvisionedConcurrencyConfig"
     )
+
+
+def test_models_that_would_overflow_tmp_fail_the_build(tmp_path):
+    # SnapStart allows at most 512 MB of ephemeral storage, Lambda's default, which the stack
+    # keeps (https://docs.aws.amazon.com/lambda/latest/dg/snapstart.html); the zip and its
+    # extraction sit in /tmp together at load time.
+    from stacks.bundling import LAMBDA_TMP_BYTES, ModelBundle
+
+    embedding, reranker = tmp_path / "embedding", tmp_path / "reranker"
+    for folder in (embedding, reranker):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"onnx")
+    bundle = ModelBundle(embedding_dir=embedding, reranker_dir=reranker)
+    bundle.build(tmp_path / "ok")
+    assert (tmp_path / "ok" / "reranker" / "model.onnx").read_bytes() == b"onnx"
+    # Together a byte over half of /tmp (sparse files: no disk used, and nothing is copied).
+    for folder, size in ((embedding, LAMBDA_TMP_BYTES // 4), (reranker, LAMBDA_TMP_BYTES // 4 + 1)):
+        with open(folder / "model.onnx", "wb") as model:
+            model.truncate(size)
+    with pytest.raises(ValueError, match="MiB of /tmp"):
+        bundle.build(tmp_path / "too-big")
+    assert not (tmp_path / "too-big").exists()
