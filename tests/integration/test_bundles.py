@@ -1,5 +1,10 @@
 """The real Lambda bundles: built the way `cdk deploy` builds them, measured, and imported.
 
+Built for both Lambda architectures (x86_64, arm64): a function's code must be built for its
+instruction set (https://docs.aws.amazon.com/lambda/latest/dg/foundation-arch.html). A bundle
+imports here only on this machine's own architecture; the other one is checked by its native
+libraries' ELF headers instead.
+
 Needs PyPI (manylinux wheels for the runtime); skipped with the reason when it is unreachable.
 """
 
@@ -7,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import socket
 import subprocess
 from pathlib import Path
@@ -37,21 +43,43 @@ pytestmark = [
 ]
 
 
+# ELF e_machine (System V ABI, "ELF Header"; https://refspecs.linuxfoundation.org/elf/gabi4+/ch4.eheader.html):
+# EM_X86_64 = 62, EM_AARCH64 = 183 (ARM's "ELF for the Arm 64-bit Architecture").
+ELF_MACHINE = {"x86_64": 62, "arm64": 183}
+HOST_ARCHITECTURE = {"x86_64": "x86_64", "aarch64": "arm64"}.get(platform.machine())
+
+
+@pytest.fixture(scope="module", params=list(PLATFORMS))
+def architecture(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> dict[str, Path]:
+def built(architecture, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, bundle in (("business", BUSINESS_BUNDLE), ("forwarder", FORWARDER_BUNDLE)):
-        target = tmp_path_factory.mktemp(name)
-        bundle.build(target)
+        target = tmp_path_factory.mktemp(f"{name}-{architecture}")
+        bundle.build(target, architecture)
         out[name] = target
     return out
 
 
 @pytest.mark.parametrize("name", ["business", "forwarder"])
-def test_bundle_fits_lambda_with_room(built, name):
+def test_bundle_fits_lambda_with_room(built, architecture, name):
     size_mb = directory_size(built[name]) / 1e6
-    print(f"\n{name} bundle: {size_mb:.1f} MB unzipped ({PLATFORMS[0]}, python{RUNTIME_PYTHON})")
+    print(f"\n{name} bundle: {size_mb:.1f} MB unzipped ({architecture}, python{RUNTIME_PYTHON})")
     assert size_mb < TEST_LIMIT_MB < LAMBDA_LIMIT_MB
+
+
+def test_native_libraries_are_built_for_the_architecture(built, architecture):
+    libraries = [p for p in built["business"].rglob("*.so*") if p.is_file()]
+    assert any("onnxruntime" in str(p) for p in libraries)
+    for library in libraries:
+        header = library.read_bytes()[:20]
+        if header[:4] != b"\x7fELF":
+            continue  # a linker script or data file named like a library
+        machine = int.from_bytes(header[18:20], "little")
+        assert machine == ELF_MACHINE[architecture], library
 
 
 def test_boto3_is_left_to_the_runtime(built):
@@ -60,7 +88,9 @@ def test_boto3_is_left_to_the_runtime(built):
         assert not list(target.glob("botocore*"))
 
 
-def test_business_bundle_imports_on_the_runtime_python(built):
+def test_business_bundle_imports_on_the_runtime_python(built, architecture):
+    if architecture != HOST_ARCHITECTURE:
+        pytest.skip(f"{architecture} libraries do not load on this {platform.machine()} machine")
     interpreter = runtime_interpreter()
     if interpreter is None:
         pytest.skip(f"no python{RUNTIME_PYTHON} on this machine to import the bundle with")
