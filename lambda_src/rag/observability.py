@@ -1,18 +1,22 @@
-"""The package's one Logger, Tracer and Metrics, plus the few metric helpers the pipeline uses.
+"""The package's one Logger and Metrics, plus the few metric helpers the pipeline uses.
 
 Service name comes from POWERTOOLS_SERVICE_NAME (set by the stack); the handler adds the
 correlation id (API Gateway request id) and flushes metrics.
+
+No Powertools Tracer: the app runs under uvicorn behind the Lambda Web Adapter, not the Python
+runtime's handler loop, so the X-Ray SDK would not see each invocation's trace id, and importing
+and patching it cost ~0.5 s of cold init. Active tracing on the function (stacks) still records
+Lambda's own service segments (init, invocation) without any SDK in the code.
 """
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 METRICS_NAMESPACE = "LlmTwin"
 
 logger = Logger(utc=True)
-tracer = Tracer()
 metrics = Metrics(namespace=METRICS_NAMESPACE)
 
 

@@ -111,3 +111,41 @@ def test_the_run_script_serves_health_where_the_adapter_checks_readiness(tmp_pat
         output = process.communicate(timeout=60)[0].decode(errors="replace")
     assert status == 200, output
     assert hooks == {AFTER_RESTORE_ENV: 204, BEFORE_SNAPSHOT_ENV: 500}, output
+
+
+def test_the_app_the_adapter_starts_loads_no_xray_sdk(tmp_path: Path) -> None:
+    """Under the Lambda Web Adapter the app runs in its own process, so the per-invocation trace
+    id (_X_AMZN_TRACE_ID) the X-Ray SDK reads is never set there (aws/aws-lambda-web-adapter
+    issue #312: "XRay trace ID (_X_AMZN_TRACE_ID) is not set for the web apps"). Lambda's own
+    service segments need active tracing and the execution role's xray:PutTraceSegments, not an
+    SDK in the code (docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/
+    omni-send-application-telemetry-from-aws-lambda.html, "Enable active tracing"; asserted in
+    tests/infrastructure/test_api_stack.py). So the SDK's import and patching stay out of init:
+    the app is imported as in Lambda (AWS_LAMBDA_FUNCTION_NAME set, where Powertools' Tracer
+    would enable itself) and no aws_xray_sdk module may be loaded."""
+    import json
+    import subprocess
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(LAMBDA_SRC),
+        "AWS_LAMBDA_FUNCTION_NAME": "business",
+        "LAMBDA_TASK_ROOT": str(LAMBDA_SRC),
+        "POWERTOOLS_SERVICE_NAME": "rag",
+        "EMBEDDING_MODEL_DIR": str(tmp_path / "missing"),
+    }
+    env.pop("POWERTOOLS_TRACE_DISABLED", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys, uvicorn, web.main; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('aws_xray_sdk'))))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
