@@ -48,7 +48,7 @@ from stacks.config import (
 Status = Literal["PASS", "FAIL", "SKIP"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Same values as rag.ports.COLLECTIONS and the embedder's output size (a test keeps them in sync).
+# Same values as rag.domain.ports.COLLECTIONS and the embedder's output size (a test keeps them in sync).
 QDRANT_COLLECTIONS: tuple[str, ...] = (
     "embedded_articles",
     "embedded_posts",

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from rag.budget import DEFAULT_GENERATION_TOKENS_PER_S
+from rag.domain.budget import DEFAULT_GENERATION_TOKENS_PER_S
 from rag.urls import check_key_transport
 
 SECRET_MAX_AGE_S = 300
@@ -157,7 +157,7 @@ class Settings(BaseModel):
     generation_tokens_per_s: float = Field(
         default=DEFAULT_GENERATION_TOKENS_PER_S, gt=0, validation_alias="GENERATION_TOKENS_PER_S"
     )
-    """Decode speed (tokens/s) the buffered route sizes max_new_tokens by (rag.budget)."""
+    """Decode speed (tokens/s) the buffered route sizes max_new_tokens by (rag.domain.budget)."""
     stream_budget_s: float | None = Field(
         default=DEFAULT_STREAM_BUDGET_S, gt=0, validation_alias="STREAM_BUDGET_S"
     )

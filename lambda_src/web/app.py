@@ -30,8 +30,8 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rag import pipeline
-from rag.errors import (
+from rag.domain import pipeline
+from rag.domain.errors import (
     ApiError,
     BadRequest,
     MethodNotAllowed,
@@ -39,15 +39,15 @@ from rag.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from rag.models import (
+from rag.domain.models import (
     JsonBodyError,
     RagRequest,
     RetrieveRequest,
     loads_json_body,
     parse_request,
 )
+from rag.domain.pipeline import Deps
 from rag.observability import flush_metrics, logger
-from rag.pipeline import Deps
 from web import openai_api, page, sse
 from web.cors import CorsHeaders
 from web.responses import rag_body, retrieve_body

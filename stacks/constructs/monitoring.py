@@ -200,7 +200,7 @@ class Monitoring(Construct):
                 1,
                 "Trace events in the dead-letter queue: inspect and redrive",
             )
-            # Counted by the business Lambda's SQS sink (rag.sinks) when a trace cannot be queued.
+            # Counted by the business Lambda's SQS sink (rag.adapters.trace_sinks) when a trace cannot be queued.
             trace_send_failed = _metric("LlmTwin", "trace_send_failed", {"service": "rag"}, "Sum")
             alarm(
                 "trace-send-failed",

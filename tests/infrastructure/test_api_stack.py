@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rag.budget import (
+from rag.domain.budget import (
     MIN_GENERATION_S,
     generation_timeout_s,
     worst_case_call_s,

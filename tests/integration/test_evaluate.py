@@ -1,5 +1,5 @@
 """`make eval` in-process over real local parts: tiny ONNX models, an embedded Qdrant filled by
-rag.ingest, a TGI-protocol fake as the twin model and an OpenAI-compatible fake as the judge
+feature.ingest, a TGI-protocol fake as the twin model and an OpenAI-compatible fake as the judge
 (both tests/fakes/tgi_server.py), the real opik client against the local Opik recorder.
 
 Documented behaviour relied on:

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+from feature.chunking import Chunker
+from feature.ingest import ingest_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qdrant_client import QdrantClient
@@ -29,9 +31,7 @@ from schemathesis.checks import (
 )
 from schemathesis.generation import GenerationMode
 
-from rag.chunking import Chunker
-from rag.ingest import ingest_file
-from rag.onnx_models import OnnxEmbedder
+from rag.adapters.onnx_models import OnnxEmbedder
 from rag.settings import Settings
 from rag.wiring import build_deps
 from tests.fakes.tgi_server import TgiServer

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from rag.errors import BadRequest, ModelError
-from rag.llm import HttpLLM, SageMakerLLM
-from rag.ports import GenerationParams
+from rag.adapters.llm.sagemaker import HttpLLM, SageMakerLLM
+from rag.domain.errors import BadRequest, ModelError
+from rag.domain.ports import GenerationParams
 from rag.settings import Settings
 from rag.wiring import llm_from_settings
 from tests.fakes.memory import fake_world

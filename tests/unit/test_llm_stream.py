@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from rag.errors import BadRequest, ModelError, UpstreamTimeout
-from rag.llm import SageMakerLLM
-from rag.llm_stream import SseDecoder, StopFilter, TextStream
-from rag.ports import GenerationParams
+from rag.adapters.llm.sagemaker import SageMakerLLM
+from rag.adapters.llm.stream import SseDecoder, StopFilter, TextStream
+from rag.domain.errors import BadRequest, ModelError, UpstreamTimeout
+from rag.domain.ports import GenerationParams
 from tests.fakes.tgi_server import Fault, TgiServer, fixed, model_stream_error, payload_part
 
 PARAMS = GenerationParams(max_new_tokens=64, temperature=0.0, top_p=1.0, stop=("### Instruction:",))

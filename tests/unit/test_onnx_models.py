@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.onnx_models import ModelLoadError, OnnxCrossEncoder, OnnxEmbedder
+from rag.adapters.onnx_models import ModelLoadError, OnnxCrossEncoder, OnnxEmbedder
 from tests.tiny_models import (
     EMBEDDING_DIM,
     build_embedder,

@@ -11,11 +11,11 @@ from dataclasses import replace
 
 import pytest
 
-from rag import pipeline
-from rag.errors import BadRequest, ModelError, ModelUnavailable, UpstreamError
-from rag.models import GenerationRequest, RagRequest, RetrieveRequest
-from rag.ports import Chunk
-from rag.prompt import NO_CONTEXT_NOTE
+from rag.domain import pipeline
+from rag.domain.errors import BadRequest, ModelError, ModelUnavailable, UpstreamError
+from rag.domain.models import GenerationRequest, RagRequest, RetrieveRequest
+from rag.domain.ports import Chunk
+from rag.domain.prompt import NO_CONTEXT_NOTE
 from tests.fakes.memory import (
     SAMPLE_CHUNKS,
     FailingSink,
@@ -550,7 +550,7 @@ class SteppingClock:
     """Monotonic time that advances `step_s` every time it is read: a slow request, no sleeping."""
 
     def __init__(self, step_s: float) -> None:
-        from rag.trace import SystemClock
+        from rag.domain.trace import SystemClock
 
         self._wall = SystemClock()
         self._t = 0.0
@@ -577,7 +577,7 @@ def test_without_a_request_budget_generation_gets_the_configured_read_timeout() 
 def test_generation_gets_what_the_request_budget_has_left() -> None:
     from dataclasses import replace
 
-    from rag.budget import worst_case_call_s, worst_case_send_s
+    from rag.domain.budget import worst_case_call_s, worst_case_send_s
 
     # Given a 27 s budget and a clock that says each step of the request took a second
     world = fake_world(

@@ -360,7 +360,7 @@ def test_missing_secret_fails_with_how_to_create_it(aws: boto3.Session) -> None:
 
 
 def test_qdrant_constants_match_the_pipeline() -> None:
-    from rag.ports import COLLECTIONS
+    from rag.domain.ports import COLLECTIONS
 
     assert preflight.QDRANT_COLLECTIONS == COLLECTIONS
 

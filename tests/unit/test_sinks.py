@@ -17,8 +17,7 @@ import pytest
 from aws_lambda_powertools import Logger
 from moto import mock_aws
 
-from rag.settings import Settings
-from rag.sinks import (
+from rag.adapters.trace_sinks import (
     METRIC_SAMPLED_OUT,
     METRIC_SEND_FAILED,
     METRIC_TRIMMED,
@@ -32,6 +31,7 @@ from rag.sinks import (
     encode_for_sqs,
     keyed_digest,
 )
+from rag.settings import Settings
 from tests.fakes.opik_recorder import make_trace_event
 
 LOG_STREAM = io.StringIO()

@@ -6,7 +6,7 @@ deployed numbers line up.
 
 from __future__ import annotations
 
-# --- SageMaker / TGI calls (rag.llm) ---------------------------------------------------------
+# --- SageMaker / TGI calls (rag.adapters.llm.sagemaker) ---------------------------------------------------------
 MAX_ATTEMPTS = 2
 """botocore total attempts per invoke: one retry for fast, transient failures."""
 FAST_FAILURE_S = 2.0
@@ -16,7 +16,7 @@ RETRY_BACKOFF_MAX_S = 1.0
 ADAPTIVE_WAIT_MAX_S = 2.0
 """botocore adaptive mode token bucket: minimum fill rate 0.5 token/s, so at most 2 s per send."""
 
-# --- the trace send to SQS (rag.sinks), after the answer, still on the request path -----------
+# --- the trace send to SQS (rag.adapters.trace_sinks), after the answer, still on the request path -----------
 SQS_CONNECT_TIMEOUT_S = 0.5
 SQS_READ_TIMEOUT_S = 1.0
 SQS_MAX_ATTEMPTS = 2

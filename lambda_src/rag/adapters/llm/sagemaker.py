@@ -1,7 +1,7 @@
 """The two `ports.LLM` adapters: a SageMaker real-time endpoint running Hugging Face TGI or vLLM,
 and a plain HTTP TGI / OpenAI-compatible server (local mode). TGI is spoken as its 3.3.6 protocol
 (`../shared/contracts/tgi-openapi.json`), vLLM as OpenAI's completions and chat; both adapters
-turn every failure into a `rag.errors.ApiError`.
+turn every failure into a `rag.domain.errors.ApiError`.
 
 Timeout budget of one SageMaker call (DESIGN 5: API Gateway 29 s > Lambda > SageMaker read timeout):
 botocore makes at most MAX_ATTEMPTS = 2 attempts, and `_RetryGuard` only lets the second one
@@ -11,7 +11,7 @@ both the GPU work and the wait. So the worst case is
 
     max(connect, FAST_FAILURE_S) + RETRY_BACKOFF_MAX_S + ADAPTIVE_WAIT_MAX_S + connect + read
 
-which `rag.budget.worst_case_call_s` computes (e.g. connect 1 s, read 16 s -> 22 s); the pipeline
+which `rag.domain.budget.worst_case_call_s` computes (e.g. connect 1 s, read 16 s -> 22 s); the pipeline
 shortens the generation call's read timeout to what is left of the request budget.
 """
 
@@ -40,11 +40,9 @@ from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
 
-from rag.budget import (
-    FAST_FAILURE_S,
-    MAX_ATTEMPTS,
-)
-from rag.errors import (
+from rag.adapters.llm.stream import StreamKind, TextStream
+from rag.domain.budget import FAST_FAILURE_S, MAX_ATTEMPTS
+from rag.domain.errors import (
     ApiError,
     BadRequest,
     ModelError,
@@ -52,8 +50,7 @@ from rag.errors import (
     Throttled,
     UpstreamTimeout,
 )
-from rag.llm_stream import StreamKind, TextStream
-from rag.ports import LLM, Generation, GenerationParams
+from rag.domain.ports import LLM, Generation, GenerationParams
 
 Api = Literal["tgi", "openai"]
 Engine = Literal["tgi", "vllm"]

@@ -24,11 +24,11 @@ from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from rag import observability as obs
-from rag.budget import generation_timeout_s, max_new_tokens_within
-from rag.errors import ApiError, ClientClosed, ModelError, ModelUnavailable, UpstreamTimeout
-from rag.llm_stream import StopFilter, TextStream
-from rag.models import MAX_AUTHOR_CHARS, MAX_QUERY_CHARS, RagRequest, RetrieveRequest
-from rag.ports import (
+from rag.adapters.llm.stream import StopFilter, TextStream
+from rag.domain.budget import generation_timeout_s, max_new_tokens_within
+from rag.domain.errors import ApiError, ClientClosed, ModelError, ModelUnavailable, UpstreamTimeout
+from rag.domain.models import MAX_AUTHOR_CHARS, MAX_QUERY_CHARS, RagRequest, RetrieveRequest
+from rag.domain.ports import (
     COLLECTIONS,
     LLM,
     Chunk,
@@ -39,7 +39,7 @@ from rag.ports import (
     TraceSink,
     VectorStore,
 )
-from rag.prompt import (
+from rag.domain.prompt import (
     BuiltPrompt,
     TokenCounter,
     Truncation,
@@ -49,8 +49,8 @@ from rag.prompt import (
     build_prompt,
     input_budget_tokens,
 )
+from rag.domain.trace import Clock, SystemClock, TraceRecorder, error_dict
 from rag.settings import ModelProfile, Settings
-from rag.trace import Clock, SystemClock, TraceRecorder, error_dict
 
 HELPER_WORKERS = 4
 """Two helpers per request; spare threads absorb calls still running after a helper timeout."""
@@ -142,7 +142,7 @@ AuthorSource = Literal["request", "self_query", "none"]
 @dataclass(frozen=True)
 class Conversation:
     """What a chat client adds to a `/rag` request (the OpenAI-compatible route): the earlier
-    turns (placed in the prompt by rag.prompt's history rule), its own stop sequences (added to
+    turns (placed in the prompt by rag.domain.prompt's history rule), its own stop sequences (added to
     the format's) and its end-user id (traced)."""
 
     history: tuple[Turn, ...] = ()

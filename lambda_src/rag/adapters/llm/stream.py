@@ -3,7 +3,7 @@
 final `Generation`; and the stop-sequence filter that keeps a stop sequence out of the text even
 when the model produces it across several tokens.
 
-Pure functions and small classes on bytes and dicts: `rag.llm` feeds them from urllib3 or botocore.
+Pure functions and small classes on bytes and dicts: `rag.adapters.llm.sagemaker` feeds them from urllib3 or botocore.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rag.errors import ApiError, ModelError
-from rag.ports import Generation
+from rag.domain.errors import ApiError, ModelError
+from rag.domain.ports import Generation
 
 StreamKind = Literal["tgi", "chat", "completion"]
 """`tgi`: TGI /generate_stream StreamResponse; `chat`: ChatCompletionChunk; `completion`: Chunk."""
@@ -107,7 +107,9 @@ def stream_error(payload: dict[str, Any]) -> ApiError:
     """A TGI ErrorResponse, or an OpenAI-style error received inside the stream: vLLM's
     `{"error": {"message", "type", "param", "code"}}` (before 0.10 the same fields flat, with
     `"object": "error"`), whose `code` is the HTTP status it would have answered."""
-    from rag.llm import error_for_status  # one status mapping for buffered and streamed calls
+    from rag.adapters.llm.sagemaker import (
+        error_for_status,  # one status mapping for buffered and streamed calls
+    )
 
     error = payload.get("error")
     kind = payload.get("error_type")

@@ -24,8 +24,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.config import Config
 
-from rag.budget import SQS_CONNECT_TIMEOUT_S, SQS_MAX_ATTEMPTS, SQS_READ_TIMEOUT_S
-from rag.ports import TraceSink
+from rag.domain.budget import SQS_CONNECT_TIMEOUT_S, SQS_MAX_ATTEMPTS, SQS_READ_TIMEOUT_S
+from rag.domain.ports import TraceSink
 from rag.settings import Settings
 
 SQS_MAX_MESSAGE_BYTES = 1_048_576
