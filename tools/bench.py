@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rag.adapters.llm.stream import TextStream
-    from rag.domain.pipeline import Deps
+    from rag.domain.deps import Deps
     from rag.domain.ports import Generation, GenerationParams
 
 REPO = Path(__file__).resolve().parents[1]

@@ -39,7 +39,7 @@ from rag.urls import redact_url  # stdlib only: safe before Powertools' defaults
 from web.page import is_public  # fastapi only, as above
 
 if TYPE_CHECKING:
-    from rag.domain.pipeline import Deps
+    from rag.domain.deps import Deps
     from rag.domain.ports import TraceSink
     from rag.settings import Settings
 

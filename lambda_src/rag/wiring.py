@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rag.domain.pipeline import Deps
+    from rag.domain.deps import Deps
     from rag.domain.ports import LLM, Embedder, Reranker, TraceSink, VectorStore
     from rag.settings import Settings
 
@@ -64,7 +64,7 @@ def build_deps(
     """Models on a side thread (`models`, when `start_models` began them earlier) while this one
     imports and builds the clients: importing qdrant-client and boto3 is pure Python, loading
     the models mostly is not, so the two overlap."""
-    from rag.domain.pipeline import Deps
+    from rag.domain.deps import Deps
 
     pending = models if models is not None else _submit_models(settings)
     store, llm, sink = _build_clients(settings)

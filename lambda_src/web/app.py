@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rag.domain import pipeline
+from rag.domain.deps import Deps
 from rag.domain.errors import (
     ApiError,
     BadRequest,
@@ -46,7 +47,6 @@ from rag.domain.models import (
     loads_json_body,
     parse_request,
 )
-from rag.domain.pipeline import Deps
 from rag.observability import flush_metrics, logger
 from web import openai_api, page, sse
 from web.cors import CorsHeaders

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rag.domain.errors import ApiError, BadRequest, NotFound
 from rag.domain.models import MAX_K, RagRequest, describe_errors, parse_request
-from rag.domain.pipeline import AnswerOutcome, Conversation, DoneEvent, RetrievalEvent, StreamEvent
+from rag.domain.outcomes import AnswerOutcome, Conversation, DoneEvent, RetrievalEvent, StreamEvent
 from rag.domain.ports import Chunk
 from rag.domain.prompt import Turn
 from web.responses import source

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rag.domain.models import ContextChunk, Filters, RagResponse, RetrieveResponse, Source, Usage
-from rag.domain.pipeline import AnswerOutcome, RetrievalOutcome
+from rag.domain.outcomes import AnswerOutcome, RetrievalOutcome
 from rag.domain.ports import Chunk
 
 

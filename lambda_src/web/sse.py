@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
 from rag.domain.errors import ApiError
-from rag.domain.pipeline import DoneEvent, RetrievalEvent, StreamEvent, TokenEvent
+from rag.domain.outcomes import DoneEvent, RetrievalEvent, StreamEvent, TokenEvent
 from rag.observability import flush_metrics, logger
 from web.responses import rag_body, retrieval_event_body
 

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rag.adapters.llm.stream import TextStream
-from rag.domain.pipeline import Deps
+from rag.domain.deps import Deps
 from rag.domain.ports import COLLECTIONS, Chunk, Generation, GenerationParams, SearchResult
 from rag.settings import Settings
 

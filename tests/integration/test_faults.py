@@ -43,7 +43,7 @@ from rag.domain.budget import (
     worst_case_call_s,
     worst_case_send_s,
 )
-from rag.domain.pipeline import Deps
+from rag.domain.deps import Deps
 from rag.settings import Settings
 from rag.wiring import build_deps
 from stacks.constructs import rag_api

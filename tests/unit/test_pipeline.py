@@ -12,7 +12,14 @@ from dataclasses import replace
 import pytest
 
 from rag.domain import pipeline
-from rag.domain.errors import BadRequest, ModelError, ModelUnavailable, UpstreamError
+from rag.domain.answering import NO_LLM_RETRY_AFTER_S
+from rag.domain.errors import (
+    BadRequest,
+    ModelError,
+    ModelUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from rag.domain.models import GenerationRequest, RagRequest, RetrieveRequest
 from rag.domain.ports import Chunk
 from rag.domain.prompt import NO_CONTEXT_NOTE
@@ -433,7 +440,7 @@ def test_rag_without_an_llm_is_model_unavailable_saying_how_to_configure_one() -
         pipeline.answer(RagRequest(query="RAG"), world.deps)
 
     assert raised.value.code == "llm_not_configured"
-    assert raised.value.retry_after_s == pipeline.NO_LLM_RETRY_AFTER_S
+    assert raised.value.retry_after_s == NO_LLM_RETRY_AFTER_S
     assert "LLM_URL" in raised.value.message
     assert "LLM_ENDPOINT" in raised.value.message
     event = only_event(world.sink)
@@ -601,7 +608,7 @@ def test_no_time_left_to_generate_is_a_504_not_a_killed_lambda() -> None:
 
     world = fake_world(env={"REQUEST_BUDGET_S": "12"})
     deps = replace(world.deps, clock=SteppingClock(step_s=1.0))
-    with pytest.raises(pipeline.UpstreamTimeout) as raised:
+    with pytest.raises(UpstreamTimeout) as raised:
         pipeline.answer(RagRequest(query="RAG", expand=False, author="Paul"), deps)
     assert raised.value.code == "request_budget_exhausted"
     assert raised.value.status == 504
