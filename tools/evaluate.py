@@ -214,7 +214,7 @@ def run_questions(
 def build_judge(env: Mapping[str, str]) -> Any | None:
     """An Opik judge model over this project's LLM adapters, or None when none is configured:
     JUDGE_URL (+ JUDGE_API openai|tgi, JUDGE_MODEL) or JUDGE_ENDPOINT (+ JUDGE_INFERENCE_COMPONENT)."""
-    from rag.adapters.llm.sagemaker import build_llm
+    from rag.adapters.llm.build import build_llm
 
     llm = build_llm(
         url=env.get("JUDGE_URL") or None,

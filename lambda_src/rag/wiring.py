@@ -123,7 +123,7 @@ def _build_clients(settings: Settings) -> tuple[VectorStore, LLM | None, TraceSi
 def llm_from_settings(settings: Settings) -> LLM | None:
     """The LLM adapter the settings name: a SageMaker endpoint (its engine from MODEL_PROFILE)
     or an LLM_URL spoken as LLM_API; None when neither is set."""
-    from rag.adapters.llm.sagemaker import build_llm
+    from rag.adapters.llm.build import build_llm
 
     return build_llm(
         url=settings.llm_url,

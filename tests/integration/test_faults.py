@@ -34,7 +34,8 @@ from moto import mock_aws
 from qdrant_client import QdrantClient
 
 from rag.adapters import trace_sinks as sinks
-from rag.adapters.llm.sagemaker import HttpLLM, SageMakerLLM
+from rag.adapters.llm.http import HttpLLM
+from rag.adapters.llm.sagemaker import SageMakerLLM
 from rag.adapters.onnx_models import OnnxEmbedder
 from rag.adapters.trace_sinks import MemoryTraceSink, PolicySink, SqsTraceSink
 from rag.domain.budget import (

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from rag.adapters.llm.sagemaker import HttpLLM, SageMakerLLM
+from rag.adapters.llm.http import HttpLLM
+from rag.adapters.llm.sagemaker import SageMakerLLM
 from rag.domain.errors import (
     ApiError,
     BadRequest,

@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from rag.adapters.llm.sagemaker import HttpLLM
+from rag.adapters.llm.http import HttpLLM
 from tests.fakes.memory import FakeWorld, fake_world
 from tests.fakes.tgi_server import Fault, GenerationRequest, TgiServer
 from tools.local_server import LocalServer, local_app

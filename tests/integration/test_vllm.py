@@ -23,7 +23,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from rag.adapters.llm.sagemaker import HttpLLM, SageMakerLLM
+from rag.adapters.llm.http import HttpLLM
+from rag.adapters.llm.sagemaker import SageMakerLLM
 from rag.domain.errors import BadRequest, ModelError
 from rag.domain.ports import GenerationParams
 from rag.settings import Settings

@@ -14,7 +14,9 @@ from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, Re
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from rag.adapters.llm.sagemaker import HttpLLM, SageMakerLLM, botocore_config, build_llm
+from rag.adapters.llm.build import build_llm
+from rag.adapters.llm.http import HttpLLM
+from rag.adapters.llm.sagemaker import SageMakerLLM, botocore_config
 from rag.domain.budget import worst_case_call_s
 from rag.domain.errors import (
     ApiError,

@@ -1,7 +1,6 @@
-"""The two `ports.LLM` adapters: a SageMaker real-time endpoint running Hugging Face TGI or vLLM,
-and a plain HTTP TGI / OpenAI-compatible server (local mode). TGI is spoken as its 3.3.6 protocol
-(`../shared/contracts/tgi-openapi.json`), vLLM as OpenAI's completions and chat; both adapters
-turn every failure into a `rag.domain.errors.ApiError`.
+"""The `ports.LLM` adapter for a SageMaker real-time endpoint running Hugging Face TGI or vLLM
+(bodies and parsing in `rag.adapters.llm.protocol`); every failure becomes a
+`rag.domain.errors.ApiError`.
 
 Timeout budget of one SageMaker call (DESIGN 5: API Gateway 29 s > Lambda > SageMaker read timeout):
 botocore makes at most MAX_ATTEMPTS = 2 attempts, and `_RetryGuard` only lets the second one
@@ -23,10 +22,8 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, cast
-from urllib.parse import urlsplit
+from typing import Any, cast
 
-import urllib3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -36,42 +33,41 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
+from urllib3.exceptions import ProtocolError
 from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
 
+from rag.adapters.llm.protocol import (
+    RETRY_AFTER_ENDPOINT_MISSING_S,
+    RETRY_AFTER_NOT_READY_S,
+    RETRY_AFTER_OVERLOADED_S,
+    RETRY_AFTER_SCALE_FROM_ZERO_S,
+    RETRY_AFTER_TRANSIENT_S,
+    RETRY_AFTER_UNREACHABLE_S,
+    TGI_CHAT_MODEL,
+    Engine,
+    decode_json,
+    error_for_status,
+    int_or_none,
+    openai_chat_body,
+    openai_completion_body,
+    parse_chat_response,
+    parse_completion_response,
+    parse_generate_response,
+    short_reason,
+    stalled,
+    tgi_chat_body,
+    tgi_generate_body,
+)
 from rag.adapters.llm.stream import StreamKind, TextStream
 from rag.domain.budget import FAST_FAILURE_S, MAX_ATTEMPTS
 from rag.domain.errors import (
     ApiError,
-    BadRequest,
     ModelError,
     ModelUnavailable,
     Throttled,
     UpstreamTimeout,
 )
-from rag.domain.ports import LLM, Generation, GenerationParams
-
-Api = Literal["tgi", "openai"]
-Engine = Literal["tgi", "vllm"]
-"""The container behind a SageMaker endpoint: TGI's bodies, or vLLM's OpenAI-compatible ones."""
-
-RETRY_AFTER_SCALE_FROM_ZERO_S = 60
-"""Inference component at zero copies: scale-out starts ~1 min after the first failed call."""
-RETRY_AFTER_ENDPOINT_MISSING_S = 300
-"""Endpoint absent or still creating: creating a GPU endpoint takes several minutes."""
-RETRY_AFTER_NOT_READY_S = 30
-RETRY_AFTER_TRANSIENT_S = 5
-RETRY_AFTER_OVERLOADED_S = 2
-RETRY_AFTER_UNREACHABLE_S = 10
-
-TGI_CHAT_MODEL = "tgi"
-"""TGI ignores `model` in chat requests; its docs use "tgi"."""
-STREAM_READ_BYTES = 64 * 1024
-"""Most bytes taken from the socket at once; a read returns as soon as any bytes arrived."""
-MAX_REASON_CHARS = 300
-"""Upstream reasons are quoted to the client, cut to this length."""
-JSON_SCHEMA_NAME = "output"
+from rag.domain.ports import Generation, GenerationParams
 
 
 def botocore_config(connect_timeout_s: float, read_timeout_s: float) -> Config:
@@ -81,250 +77,6 @@ def botocore_config(connect_timeout_s: float, read_timeout_s: float) -> Config:
         retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},
         tcp_keepalive=True,
     )
-
-
-# --------------------------------------------------------------------------- request bodies
-
-
-def tgi_generate_body(
-    prompt: str, params: GenerationParams, json_schema: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """TGI CompatGenerateRequest / GenerateRequest."""
-    parameters: dict[str, Any] = {
-        "max_new_tokens": params.max_new_tokens,
-        "details": True,
-        # SageMaker's TGI defaults return_full_text to true for text-generation models.
-        "return_full_text": False,
-        "stop": list(params.stop),
-        **_sampling(params, temperature_zero_means_greedy=False),
-    }
-    if json_schema is not None:
-        parameters["grammar"] = {"type": "json", "value": dict(json_schema)}
-    return {"inputs": prompt, "parameters": parameters}
-
-
-def tgi_chat_body(
-    messages: Sequence[Mapping[str, str]],
-    params: GenerationParams,
-    json_schema: Mapping[str, Any] | None,
-    *,
-    model: str = TGI_CHAT_MODEL,
-) -> dict[str, Any]:
-    """TGI ChatRequest; `response_format` is TGI's GrammarType."""
-    body = _chat_common(messages, params, model)
-    if json_schema is not None:
-        body["response_format"] = {"type": "json", "value": dict(json_schema)}
-    return body
-
-
-def openai_chat_body(
-    messages: Sequence[Mapping[str, str]],
-    params: GenerationParams,
-    json_schema: Mapping[str, Any] | None,
-    *,
-    model: str,
-) -> dict[str, Any]:
-    body = _chat_common(messages, params, model)
-    if json_schema is not None:
-        body["response_format"] = _json_schema_format(json_schema)
-    return body
-
-
-def openai_completion_body(
-    prompt: str, params: GenerationParams, json_schema: Mapping[str, Any] | None, *, model: str
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": params.max_new_tokens,
-        "stop": list(params.stop),
-        **_sampling(params, temperature_zero_means_greedy=True),
-    }
-    if json_schema is not None:
-        # vLLM's completions take the chat API's response_format too; its older `guided_json`
-        # extra field is gone and would be ignored (vllm entrypoints/openai/completion/protocol.py).
-        body["response_format"] = _json_schema_format(json_schema)
-    return body
-
-
-def _json_schema_format(json_schema: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenAI's structured output; vLLM enforces it with guided decoding (structured_outputs)."""
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": JSON_SCHEMA_NAME, "schema": dict(json_schema), "strict": True},
-    }
-
-
-def _chat_common(
-    messages: Sequence[Mapping[str, str]], params: GenerationParams, model: str
-) -> dict[str, Any]:
-    return {
-        "model": model,
-        "messages": [dict(m) for m in messages],
-        "max_tokens": params.max_new_tokens,
-        "stop": list(params.stop),
-        **_sampling(params, temperature_zero_means_greedy=True),
-    }
-
-
-def _sampling(params: GenerationParams, *, temperature_zero_means_greedy: bool) -> dict[str, Any]:
-    """Sampling fields TGI accepts: it rejects temperature <= 0 on /generate and top_p >= 1
-    everywhere (422), while its chat and completions routes read temperature 0 as greedy."""
-    out: dict[str, Any] = {}
-    if params.temperature > 0:
-        out["temperature"] = params.temperature
-        if not temperature_zero_means_greedy:
-            out["do_sample"] = True
-    elif temperature_zero_means_greedy:
-        out["temperature"] = 0.0
-    else:
-        out["do_sample"] = False
-    if 0 < params.top_p < 1:
-        out["top_p"] = params.top_p
-    return out
-
-
-# --------------------------------------------------------------------------- response parsing
-
-
-def parse_generate_response(payload: Any, stop: Sequence[str] = ()) -> Generation:
-    """TGI GenerateResponse, or the one-element list SageMaker's /invocations returns."""
-    item = payload[0] if isinstance(payload, list) and len(payload) == 1 else payload
-    if not isinstance(item, dict) or not isinstance(item.get("generated_text"), str):
-        raise _malformed("a generate response without generated_text")
-    details = _dict(item.get("details"))
-    prefill = details.get("prefill")
-    return Generation(
-        text=_strip_stop(item["generated_text"], stop),
-        # prefill is only filled when decoder_input_details is requested (costly), so often None.
-        prompt_tokens=len(prefill) if isinstance(prefill, list) and prefill else None,
-        completion_tokens=_int_or_none(details.get("generated_tokens")),
-        finish_reason=details.get("finish_reason"),
-    )
-
-
-def parse_chat_response(payload: Any, stop: Sequence[str] = ()) -> Generation:
-    """ChatCompletion: choices[0].message.content + usage."""
-    try:
-        choice = payload["choices"][0]
-        content = choice["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise _malformed("a chat response without choices[0].message.content") from None
-    if not isinstance(content, str):
-        raise _malformed("a chat response whose message content is not text")
-    return _with_usage(payload, content, choice.get("finish_reason"), stop)
-
-
-def parse_completion_response(payload: Any, stop: Sequence[str] = ()) -> Generation:
-    """CompletionFinal: choices[0].text + usage."""
-    try:
-        choice = payload["choices"][0]
-        text = choice["text"]
-    except (KeyError, IndexError, TypeError):
-        raise _malformed("a completion response without choices[0].text") from None
-    if not isinstance(text, str):
-        raise _malformed("a completion response whose text is not a string")
-    return _with_usage(payload, text, choice.get("finish_reason"), stop)
-
-
-def _with_usage(
-    payload: Mapping[str, Any], text: str, finish: Any, stop: Sequence[str]
-) -> Generation:
-    usage = _dict(payload.get("usage"))
-    return Generation(
-        text=_strip_stop(text, stop),
-        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-        completion_tokens=_int_or_none(usage.get("completion_tokens")),
-        finish_reason=finish if isinstance(finish, str) else None,
-    )
-
-
-def _strip_stop(text: str, stop: Sequence[str]) -> str:
-    """TGI keeps the matched stop sequence in the text, OpenAI servers drop it: drop it always."""
-    for sequence in stop:
-        if sequence and text.endswith(sequence):
-            return text[: -len(sequence)]
-    return text
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _decode_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise _malformed("a body that is not JSON") from None
-
-
-def _malformed(what: str) -> ModelError:
-    return ModelError(f"The model returned {what}.", code="model_bad_response")
-
-
-# --------------------------------------------------------------------------- status mapping
-
-
-def error_for_status(
-    status: int, body: bytes | str, *, retry_after: str | None = None, where: str
-) -> ApiError:
-    """Map a TGI / OpenAI-compatible HTTP error status (DESIGN 3.1)."""
-    reason = _reason(body)
-    if status in (400, 413, 422):
-        return BadRequest(f"The model rejected the input: {reason}", code="model_input_invalid")
-    if status == 429:
-        return Throttled(
-            f"The model is overloaded: {reason}",
-            code="model_overloaded",
-            retry_after_s=_retry_after_s(retry_after, RETRY_AFTER_OVERLOADED_S),
-        )
-    if status == 404:
-        return ModelUnavailable(
-            f"No model answers at {where} (404).",
-            code="endpoint_not_found",
-            retry_after_s=RETRY_AFTER_ENDPOINT_MISSING_S,
-        )
-    if status == 503:
-        return ModelUnavailable(
-            f"The model is not available: {reason}",
-            retry_after_s=_retry_after_s(retry_after, RETRY_AFTER_NOT_READY_S),
-        )
-    if status == 504:
-        return UpstreamTimeout(f"The model timed out: {reason}", code="model_timeout")
-    return ModelError(f"The model failed (status {status}): {reason}")
-
-
-def _reason(body: bytes | str) -> str:
-    """TGI ErrorResponse `error`, OpenAI `error.message`, else the text itself, shortened."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    reason = text.strip()
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict):
-        error = parsed.get("error")
-        if isinstance(error, str):
-            reason = error
-        elif isinstance(error, dict) and isinstance(error.get("message"), str):
-            reason = error["message"]
-        elif isinstance(parsed.get("message"), str):
-            reason = parsed["message"]
-    reason = " ".join(reason.split()) or "no reason given"
-    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 3] + "..."
-
-
-def _retry_after_s(header: str | None, default_s: int) -> int:
-    if header is not None and header.strip().isdigit():
-        return int(header.strip())
-    return default_s
-
-
-# --------------------------------------------------------------------------- SageMaker
 
 
 class _RetryGuard:
@@ -526,7 +278,7 @@ class SageMakerLLM:
                 **self._invoke_kwargs(body), Accept="application/json"
             )
             raw = response["Body"].read()
-        return _decode_json(raw)
+        return decode_json(raw)
 
     def _stream(
         self, body: Mapping[str, Any], kind: StreamKind, stall_timeout_s: float
@@ -627,18 +379,18 @@ class SageMakerLLM:
                 retry_after_s=RETRY_AFTER_OVERLOADED_S,
             )
         if code == "ModelStreamError":  # the container's error event inside a response stream
-            return ModelError(f"The model failed while streaming: {_reason(message)}")
+            return ModelError(f"The model failed while streaming: {short_reason(message)}")
         if code in ("InternalFailure", "InternalStreamFailure"):
             return ModelError(f"SageMaker failed internally ({code}).")
         if code == "ValidationError":
             return ModelError(
-                f"SageMaker rejected the call: {_reason(message)}", code="sagemaker_validation"
+                f"SageMaker rejected the call: {short_reason(message)}", code="sagemaker_validation"
             )
         return ModelError(f"The SageMaker call failed ({code or 'unknown error'}).")
 
     def _map_model_error(self, response: Mapping[str, Any], message: str) -> ApiError:
         """ModelError: the container answered an error (OriginalStatusCode), or none (0)."""
-        status = _int_or_none(response.get("OriginalStatusCode"))
+        status = int_or_none(response.get("OriginalStatusCode"))
         original = response.get("OriginalMessage")
         if not status:
             if "timed out" in message.lower():
@@ -655,215 +407,3 @@ class SageMakerLLM:
 def _error_dict(response: Any) -> Mapping[str, Any]:
     _http, parsed = response
     return cast(Mapping[str, Any], parsed)
-
-
-# --------------------------------------------------------------------------- plain HTTP
-
-
-class HttpLLM:
-    """`ports.LLM` on a TGI server (`api="tgi"`: /generate, /v1/chat/completions) or an
-    OpenAI-compatible one such as vLLM or Ollama (`api="openai"`: /v1/completions,
-    /v1/chat/completions). One urllib3 pool serves every call and thread."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api: Api = "tgi",
-        model: str | None = None,
-        pool: urllib3.PoolManager | None = None,
-        connect_timeout_s: float,
-        read_timeout_s: float,
-    ) -> None:
-        if api not in ("tgi", "openai"):
-            raise ValueError(f"api must be 'tgi' or 'openai', not {api!r}")
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("base_url must be an http(s) URL")
-        self.api = api
-        self.base_url = base_url.rstrip("/")
-        self.model = model or TGI_CHAT_MODEL
-        # Host and port only: a URL may carry credentials that must not reach traces.
-        self.description = f"{api}:{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        self.connect_timeout_s = connect_timeout_s
-        self.read_timeout_s = read_timeout_s
-        # Connection failures happen before the request is sent, so one retry is safe; nothing
-        # is retried once the server may have started generating.
-        retries = urllib3.Retry(total=1, connect=1, read=0, status=0, other=0, redirect=0)
-        self._pool = pool or urllib3.PoolManager(maxsize=8, retries=retries)
-
-    def complete(
-        self,
-        prompt: str,
-        params: GenerationParams,
-        *,
-        json_schema: Mapping[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> Generation:
-        if self.api == "tgi":
-            payload = self._post(
-                "/generate", tgi_generate_body(prompt, params, json_schema), timeout_s
-            )
-            return parse_generate_response(payload, params.stop)
-        body = openai_completion_body(prompt, params, json_schema, model=self.model)
-        return parse_completion_response(
-            self._post("/v1/completions", body, timeout_s), params.stop
-        )
-
-    def chat(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        params: GenerationParams,
-        *,
-        json_schema: Mapping[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> Generation:
-        build = tgi_chat_body if self.api == "tgi" else openai_chat_body
-        body = build(messages, params, json_schema, model=self.model)
-        return parse_chat_response(self._post("/v1/chat/completions", body, timeout_s), params.stop)
-
-    def stream_complete(
-        self, prompt: str, params: GenerationParams, *, stall_timeout_s: float
-    ) -> TextStream:
-        """TGI /generate_stream, or `stream: true` on /v1/completions."""
-        if self.api == "tgi":
-            body = tgi_generate_body(prompt, params, None)
-            return self._stream("/generate_stream", body, "tgi", stall_timeout_s)
-        body = {**openai_completion_body(prompt, params, None, model=self.model), "stream": True}
-        return self._stream("/v1/completions", body, "completion", stall_timeout_s)
-
-    def stream_chat(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        params: GenerationParams,
-        *,
-        stall_timeout_s: float,
-    ) -> TextStream:
-        build = tgi_chat_body if self.api == "tgi" else openai_chat_body
-        body = {**build(messages, params, None, model=self.model), "stream": True}
-        return self._stream("/v1/chat/completions", body, "chat", stall_timeout_s)
-
-    def close(self) -> None:
-        self._pool.clear()
-
-    def _stream(
-        self, path: str, body: Mapping[str, Any], kind: StreamKind, stall_timeout_s: float
-    ) -> TextStream:
-        """Sends the request and checks the status now; the events are read as they arrive,
-        each socket read bounded by `stall_timeout_s` (no byte for that long: a stalled model)."""
-        response = self._request(path, body, read_s=stall_timeout_s, stream=True)
-
-        def chunks() -> Iterator[bytes]:
-            try:
-                while data := response.read1(STREAM_READ_BYTES):
-                    yield data
-            except Urllib3ReadTimeoutError:
-                raise stalled(stall_timeout_s) from None
-            except Urllib3HTTPError as exc:
-                raise self._map_transport_error(exc, stall_timeout_s) from None
-
-        def close() -> None:
-            # Closing the socket is what tells the model server to stop generating.
-            response.close()
-            response.release_conn()
-
-        return TextStream(kind, chunks(), close)
-
-    def _post(self, path: str, body: Mapping[str, Any], timeout_s: float | None) -> Any:
-        read_s = timeout_s if timeout_s is not None else self.read_timeout_s
-        return _decode_json(self._request(path, body, read_s=read_s, stream=False).data)
-
-    def _request(
-        self, path: str, body: Mapping[str, Any], *, read_s: float, stream: bool
-    ) -> urllib3.BaseHTTPResponse:
-        """POSTs `body` as JSON; transport failures and 4xx/5xx become the API's errors. A
-        streamed response is returned unread (each socket read bounded by `read_s`)."""
-        try:
-            response = self._pool.request(
-                "POST",
-                self.base_url + path,
-                body=json.dumps(body).encode(),
-                headers={
-                    "Content-Type": "application/json",
-                    "Accept": "text/event-stream" if stream else "application/json",
-                },
-                timeout=urllib3.Timeout(connect=self.connect_timeout_s, read=read_s),
-                preload_content=not stream,
-            )
-        except MaxRetryError as exc:
-            raise self._map_transport_error(exc.reason, read_s) from None
-        except Urllib3HTTPError as exc:
-            raise self._map_transport_error(exc, read_s) from None
-        if response.status >= 400:
-            data = response.read() if stream else response.data
-            response.release_conn()
-            raise error_for_status(
-                response.status,
-                data,
-                retry_after=response.headers.get("Retry-After"),
-                where=self.description,
-            )
-        return response
-
-    def _map_transport_error(self, exc: BaseException | None, read_s: float) -> ApiError:
-        if isinstance(exc, Urllib3ReadTimeoutError):
-            return UpstreamTimeout(
-                f"The model did not answer within {read_s:g} s.", code="model_timeout"
-            )
-        if isinstance(exc, (NewConnectionError, urllib3.exceptions.ConnectTimeoutError)):
-            return ModelUnavailable(
-                f"The model server {self.description} is unreachable.",
-                code="model_unreachable",
-                retry_after_s=RETRY_AFTER_UNREACHABLE_S,
-            )
-        if isinstance(exc, ProtocolError):
-            return ModelError(
-                "The model server closed the connection before answering.",
-                code="model_connection_lost",
-            )
-        return ModelError(
-            f"The call to the model server failed ({type(exc).__name__}).", code="model_error"
-        )
-
-
-def stalled(stall_timeout_s: float) -> UpstreamTimeout:
-    return UpstreamTimeout(
-        f"The model sent nothing for {stall_timeout_s:g} s; the stream was stopped.",
-        code="model_stalled",
-    )
-
-
-# --------------------------------------------------------------------------- factory
-
-
-def build_llm(
-    *,
-    url: str | None,
-    api: Api = "tgi",
-    endpoint: str | None,
-    inference_component: str | None = None,
-    connect_timeout_s: float,
-    read_timeout_s: float,
-    model: str | None = None,
-    engine: Engine = "tgi",
-) -> LLM | None:
-    """The configured adapter: a SageMaker endpoint wins over a URL; None when neither is set
-    (the caller answers 503 llm_not_configured). `engine` picks the endpoint's body format."""
-    if endpoint:
-        return SageMakerLLM(
-            endpoint,
-            inference_component or None,
-            connect_timeout_s=connect_timeout_s,
-            read_timeout_s=read_timeout_s,
-            engine=engine,
-            model=model,
-        )
-    if url:
-        return HttpLLM(
-            url,
-            api=api,
-            model=model,
-            connect_timeout_s=connect_timeout_s,
-            read_timeout_s=read_timeout_s,
-        )
-    return None

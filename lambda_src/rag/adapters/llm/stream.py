@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rag.adapters.llm.protocol import error_for_status  # one mapping, buffered and streamed
 from rag.domain.errors import ApiError, ModelError
 from rag.domain.ports import Generation
 
@@ -107,10 +108,6 @@ def stream_error(payload: dict[str, Any]) -> ApiError:
     """A TGI ErrorResponse, or an OpenAI-style error received inside the stream: vLLM's
     `{"error": {"message", "type", "param", "code"}}` (before 0.10 the same fields flat, with
     `"object": "error"`), whose `code` is the HTTP status it would have answered."""
-    from rag.adapters.llm.sagemaker import (
-        error_for_status,  # one status mapping for buffered and streamed calls
-    )
-
     error = payload.get("error")
     kind = payload.get("error_type")
     openai = error if isinstance(error, dict) else payload if "error" not in payload else {}
