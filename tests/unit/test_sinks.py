@@ -29,8 +29,8 @@ from rag.adapters.trace_sinks import (
     SqsTraceSink,
     build_sink,
     encode_for_sqs,
-    keyed_digest,
 )
+from rag.domain.trace_policy import keyed_digest
 from rag.settings import Settings
 from tests.fakes.opik_recorder import make_trace_event
 
