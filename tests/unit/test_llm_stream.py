@@ -17,9 +17,10 @@ from collections.abc import Iterator
 import pytest
 
 from rag.adapters.llm.sagemaker import SageMakerLLM
-from rag.adapters.llm.stream import SseDecoder, StopFilter, TextStream
+from rag.adapters.llm.stream import SseDecoder, TextStream
 from rag.domain.errors import BadRequest, ModelError, UpstreamTimeout
 from rag.domain.ports import GenerationParams
+from rag.domain.stops import StopFilter
 from tests.fakes.tgi_server import Fault, TgiServer, fixed, model_stream_error, payload_part
 
 PARAMS = GenerationParams(max_new_tokens=64, temperature=0.0, top_p=1.0, stop=("### Instruction:",))

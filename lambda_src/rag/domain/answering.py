@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from dataclasses import replace
 
-from rag.adapters.llm.stream import StopFilter, TextStream
+from rag.adapters.llm.stream import TextStream
 from rag.domain.budget import effective_budget_s, generation_timeout_s, max_new_tokens_within
 from rag.domain.deps import Deps
 from rag.domain.errors import ModelUnavailable, UpstreamTimeout
@@ -29,6 +29,7 @@ from rag.domain.prompt import (
     input_budget_tokens,
 )
 from rag.domain.retrieval import retrieve_chunks
+from rag.domain.stops import StopFilter, cut_at_stop
 from rag.domain.trace import TraceRecorder
 from rag.domain.tracing import (
     params_dict,
@@ -229,12 +230,6 @@ def _generate(
     if built.prompt_format == "chat":
         return llm.chat(list(built.messages), params, timeout_s=timeout_s)
     return llm.complete(built.text, params, timeout_s=timeout_s)
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """TGI returns the stop sequence that ended generation as part of the text."""
-    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
-    return text[:cut]
 
 
 def _truncation_note(truncation: Truncation) -> str:

@@ -18,6 +18,7 @@ from rag.domain.errors import (
     UpstreamTimeout,
 )
 from rag.domain.ports import Generation, GenerationParams
+from rag.domain.stops import cut_at_stop
 
 Api = Literal["tgi", "openai"]
 Engine = Literal["tgi", "vllm"]
@@ -145,7 +146,7 @@ def parse_generate_response(payload: Any, stop: Sequence[str] = ()) -> Generatio
     details = _dict(item.get("details"))
     prefill = details.get("prefill")
     return Generation(
-        text=_strip_stop(item["generated_text"], stop),
+        text=cut_at_stop(item["generated_text"], stop),
         # prefill is only filled when decoder_input_details is requested (costly), so often None.
         prompt_tokens=len(prefill) if isinstance(prefill, list) and prefill else None,
         completion_tokens=int_or_none(details.get("generated_tokens")),
@@ -182,19 +183,11 @@ def _with_usage(
 ) -> Generation:
     usage = _dict(payload.get("usage"))
     return Generation(
-        text=_strip_stop(text, stop),
+        text=cut_at_stop(text, stop),
         prompt_tokens=int_or_none(usage.get("prompt_tokens")),
         completion_tokens=int_or_none(usage.get("completion_tokens")),
         finish_reason=finish if isinstance(finish, str) else None,
     )
-
-
-def _strip_stop(text: str, stop: Sequence[str]) -> str:
-    """TGI keeps the matched stop sequence in the text, OpenAI servers drop it: drop it always."""
-    for sequence in stop:
-        if sequence and text.endswith(sequence):
-            return text[: -len(sequence)]
-    return text
 
 
 def _dict(value: Any) -> dict[str, Any]:

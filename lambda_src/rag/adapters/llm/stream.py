@@ -9,7 +9,7 @@ Pure functions and small classes on bytes and dicts: `rag.adapters.llm.sagemaker
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -177,46 +177,6 @@ def final_generation(text: str, state: StreamState) -> Generation:
         ),
         finish_reason=state.finish_reason,
     )
-
-
-class StopFilter:
-    """Lets text through until a stop sequence appears, holding back any tail that could be the
-    start of one (a stop sequence often arrives as several tokens: "###", " Instruction", ":").
-    TGI includes the matched stop sequence in its tokens; OpenAI servers do not: both end clean.
-    """
-
-    def __init__(self, stop: Sequence[str]) -> None:
-        self.stop = tuple(s for s in stop if s)
-        self._held = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        """The part of `text` (with what was held back) that is certainly not a stop sequence."""
-        if self.stopped:
-            return ""
-        held = self._held + text
-        cut = min((i for s in self.stop if (i := held.find(s)) >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            self._held = ""
-            return held[:cut]
-        keep = self._longest_stop_prefix_suffix(held)
-        self._held = held[len(held) - keep :] if keep else ""
-        return held[: len(held) - keep]
-
-    def flush(self) -> str:
-        """At the end of the stream: what was held back was not a stop sequence after all."""
-        held, self._held = ("" if self.stopped else self._held), ""
-        return held
-
-    def _longest_stop_prefix_suffix(self, text: str) -> int:
-        best = 0
-        for sequence in self.stop:
-            for n in range(min(len(sequence) - 1, len(text)), best, -1):
-                if sequence.startswith(text[-n:]):
-                    best = n
-                    break
-        return best
 
 
 class TextStream:
