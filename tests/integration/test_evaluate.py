@@ -12,7 +12,7 @@ Documented behaviour relied on:
   feedback scores and links them as experiment items (https://www.comet.com/docs/opik/evaluation/
   evaluate_your_llm; REST paths from opik's `rest_api/{datasets,experiments,traces}/raw_client.py`).
 - OpenAI-compatible chat completions: POST /v1/chat/completions with `messages`
-  (TGI 3.3.6 OpenAPI spec, tests/contracts or ../shared/contracts/tgi-openapi.json).
+  (TGI 3.3.6 OpenAPI spec, docs/contracts/tgi-openapi.json).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ this process) in front of the TGI-protocol fake streaming `/generate_stream` wit
 The contract is DESIGN 3.1 (server-sent events `retrieval`, `token`..., `done` | `error`); the
 fake speaks TGI 3.3.6's streaming protocol from its OpenAPI spec (`/generate_stream` answers
 `text/event-stream` StreamResponse events, an error during generation is an ErrorResponse
-event; ../shared/contracts/tgi-openapi.json). SSE framing: https://html.spec.whatwg.org/multipage/server-sent-events.html
+event; docs/contracts/tgi-openapi.json). SSE framing: https://html.spec.whatwg.org/multipage/server-sent-events.html
 """
 
 from __future__ import annotations

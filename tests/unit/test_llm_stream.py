@@ -2,7 +2,7 @@
 SageMaker's InvokeEndpointWithResponseStream read through botocore's own event-stream parser.
 
 Sources: SSE framing https://html.spec.whatwg.org/multipage/server-sent-events.html; TGI 3.3.6
-StreamResponse / ErrorResponse (../shared/contracts/tgi-openapi.json, `/generate_stream`);
+StreamResponse / ErrorResponse (docs/contracts/tgi-openapi.json, `/generate_stream`);
 SageMaker runtime InvokeEndpointWithResponseStream: `PayloadPart.Bytes` parts of the container's
 stream, `ModelStreamError` / `InternalStreamFailure` error events
 (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpointWithResponseStream.html),
