@@ -55,13 +55,17 @@ MAX_RERANK_MAX_LENGTH = 512
 
 
 class GenerationDefaults(BaseModel):
+    """A model config's `generation:` block (model_config/*.yaml, validated by stacks.config) and
+    what the runtime applies: one model, one set of defaults."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_new_tokens: int = Field(ge=1)
-    max_new_tokens_limit: int = Field(ge=1)
+    max_new_tokens: int = Field(default=512, ge=1)
+    max_new_tokens_limit: int = Field(default=1024, ge=1)
     """The most a request may ask for."""
-    temperature: float = Field(ge=0, le=2)
-    top_p: float = Field(gt=0, le=1)
+    temperature: float = Field(default=0.01, ge=0, le=2)
+    """Near-greedy: the twin answers from its context rather than inventing."""
+    top_p: float = Field(default=0.9, gt=0, le=1)
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> GenerationDefaults:
@@ -102,9 +106,8 @@ DEFAULT_PROFILE = ModelProfile(
     prompt_format="alpaca",
     max_input_tokens=2048,
     max_total_tokens=4096,
-    generation=GenerationDefaults(
-        max_new_tokens=512, max_new_tokens_limit=2048, temperature=0.7, top_p=0.9
-    ),
+    # As model_config/twin-llama-3.1-8b.yaml's `generation:` (the rest are the model's defaults).
+    generation=GenerationDefaults(max_new_tokens_limit=2048),
 )
 
 
