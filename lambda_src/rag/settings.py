@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from rag.domain.budget import DEFAULT_GENERATION_TOKENS_PER_S
+from rag.domain.budget import DEFAULT_GENERATION_TOKENS_PER_S, DEFAULT_STREAM_BUDGET_S
 from rag.urls import check_key_transport
 
 SECRET_MAX_AGE_S = 300
@@ -44,9 +44,6 @@ scoring every candidate (up to 3 queries x 3 collections x k) was 1-3 s a reques
 DEFAULT_RERANK_MAX_LENGTH = 256
 """Tokens per (query, chunk) pair: a chunk is at most 256 embedder tokens, so this cuts only the
 tail of long pairs (long queries) while halving the worst case of the model's 512."""
-DEFAULT_STREAM_BUDGET_S = 300.0
-"""Five minutes: a 2048-token answer at ~35 tokens/s (8B on one A10G) takes about one; API
-Gateway allows a stream 15 minutes (and 5 idle), the Lambda timeout is set just above this."""
 DEFAULT_STREAM_STALL_S = 30.0
 """Covers the prefill of a full prompt before the first token; longer silence is a stall."""
 MIN_RERANK_MAX_LENGTH = 16

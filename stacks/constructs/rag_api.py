@@ -24,7 +24,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from rag.domain.budget import DEFAULT_GENERATION_TOKENS_PER_S
+from rag.domain.budget import DEFAULT_GENERATION_TOKENS_PER_S, DEFAULT_STREAM_BUDGET_S
 from stacks.bundling import LAMBDA_SRC, REPO, ModelBundle, PythonBundle
 from stacks.config import DeploymentConfig, ModelConfig
 from stacks.constructs.api_key_authorizer import ApiKeyAuthorizer
@@ -40,7 +40,7 @@ from web.page import STATIC_ROUTE
 # budget (STREAM_BUDGET_S, passed to the app), so the Lambda and the STREAM integration are sized for it,
 # inside API Gateway's 15-minute limit for streamed responses.
 API_GATEWAY_TIMEOUT_S = 29
-STREAM_BUDGET_S = 300  # passed as STREAM_BUDGET_S: a 2048-token answer takes ~1 min on an A10G
+STREAM_BUDGET_S = int(DEFAULT_STREAM_BUDGET_S)  # passed as STREAM_BUDGET_S; local mode's default
 LAMBDA_TIMEOUT_S = STREAM_BUDGET_S + 10  # the trace send and the adapter's own overhead
 INTEGRATION_TIMEOUT_S = LAMBDA_TIMEOUT_S + 5
 API_GATEWAY_STREAM_MAX_S = 15 * 60

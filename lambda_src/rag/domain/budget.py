@@ -30,6 +30,10 @@ an 8B model in bf16 on one A10G (ml.g5.2xlarge) under TGI decodes ~30 tokens/s."
 INVOCATION_MARGIN_S = 1.0
 """Kept back from the invocation's remaining time for the response and Lambda's own overhead."""
 
+DEFAULT_STREAM_BUDGET_S = 300.0
+"""Five minutes: a 2048-token answer at ~35 tokens/s (8B on one A10G) takes about one; API
+Gateway allows a stream 15 minutes (and 5 idle), the Lambda timeout is set just above this."""
+
 MIN_GENERATION_S = 2.0
 """Below this much time left, a generation could not produce a useful answer: 504 instead."""
 
