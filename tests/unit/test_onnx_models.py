@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rag.adapters.onnx_models import ModelLoadError, OnnxCrossEncoder, OnnxEmbedder
+from rag.domain.ports import EMBEDDING_DIM
 from tests.tiny_models import (
-    EMBEDDING_DIM,
     build_embedder,
     tiny_embedder_dir,
     tiny_reranker_dir,

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 COLLECTIONS: tuple[str, ...] = ("embedded_articles", "embedded_posts", "embedded_repositories")
 """Qdrant collections written by the feature pipeline (DESIGN 3.2)."""
+EMBEDDING_DIM = 384
+"""The collections' vector size: all-MiniLM-L6-v2's output (tools/model_assets.json)."""
 
 
 @dataclass(frozen=True)
