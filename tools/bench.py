@@ -292,10 +292,10 @@ def alternatives(query: str, n: int) -> list[str]:
 
 def ingest_corpus(path: Path, models: Models) -> dict[str, float]:
     """The sample corpus into a fresh embedded Qdrant at `path`; documents/s and chunks/s."""
-    from feature.chunking import Chunker
-    from feature.ingest import ingest_file
     from qdrant_client import QdrantClient
 
+    from feature.chunking import Chunker
+    from feature.ingest import ingest_file
     from rag.adapters.onnx_models import OnnxEmbedder
 
     shutil.rmtree(path, ignore_errors=True)

@@ -487,10 +487,10 @@ def local_env(environ: Mapping[str, str], notes: list[str]) -> dict[str, str]:
 
 def fill_store(path: Path, corpus: Path, embedding_dir: Path) -> None:
     """Ingest `corpus` into an embedded Qdrant at `path` (feature.ingest, as `make ingest`)."""
-    from feature.chunking import Chunker
-    from feature.ingest import ingest_file
     from qdrant_client import QdrantClient
 
+    from feature.chunking import Chunker
+    from feature.ingest import ingest_file
     from rag.adapters.onnx_models import OnnxEmbedder
 
     embedder = OnnxEmbedder(embedding_dir, threads=os.cpu_count() or 1)

@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from feature.chunking import Chunker
-from feature.ingest import DEFAULT_BATCH_SIZE, IngestError, IngestReport, ingest_file
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from tqdm import tqdm
 
+from feature.chunking import Chunker
+from feature.ingest import DEFAULT_BATCH_SIZE, IngestError, IngestReport, ingest_file
 from rag.adapters.onnx_models import ModelLoadError, OnnxEmbedder
 from rag.urls import check_key_transport
 

@@ -263,10 +263,10 @@ def prepare_store(settings: Settings, setup: LocalSetup) -> StoreStatus:
 
 
 def _ingest(client: Any, settings: Settings, corpus: Path) -> None:
-    from feature.chunking import Chunker
-    from feature.ingest import ingest_file
     from tqdm import tqdm
 
+    from feature.chunking import Chunker
+    from feature.ingest import ingest_file
     from rag.adapters.onnx_models import OnnxEmbedder
 
     if not corpus.is_file():

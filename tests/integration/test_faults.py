@@ -28,11 +28,11 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-from feature.chunking import Chunker
-from feature.ingest import ingest_file
 from moto import mock_aws
 from qdrant_client import QdrantClient
 
+from feature.chunking import Chunker
+from feature.ingest import ingest_file
 from rag.adapters import trace_sinks as sinks
 from rag.adapters.llm.http import HttpLLM
 from rag.adapters.llm.sagemaker import SageMakerLLM

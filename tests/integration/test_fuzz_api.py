@@ -17,8 +17,6 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from feature.chunking import Chunker
-from feature.ingest import ingest_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qdrant_client import QdrantClient
@@ -31,6 +29,8 @@ from schemathesis.checks import (
 )
 from schemathesis.generation import GenerationMode
 
+from feature.chunking import Chunker
+from feature.ingest import ingest_file
 from rag.adapters.onnx_models import OnnxEmbedder
 from rag.settings import Settings
 from rag.wiring import build_deps

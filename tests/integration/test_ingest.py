@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from feature.chunking import Chunker
-from feature.ingest import IngestError, ingest_file, ingest_lines, parse_lines
 from qdrant_client import QdrantClient, models
 
+from feature.chunking import Chunker
+from feature.ingest import IngestError, ingest_file, ingest_lines, parse_lines
 from rag.adapters.onnx_models import OnnxEmbedder
 from rag.adapters.vectorstore import QdrantStore
 from rag.domain.ports import COLLECTIONS

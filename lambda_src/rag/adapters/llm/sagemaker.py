@@ -10,7 +10,8 @@ both the GPU work and the wait. So the worst case is
 
     max(connect, FAST_FAILURE_S) + RETRY_BACKOFF_MAX_S + ADAPTIVE_WAIT_MAX_S + connect + read
 
-which `rag.domain.budget.worst_case_call_s` computes (e.g. connect 1 s, read 16 s -> 22 s); the pipeline
+which `rag.domain.budget.worst_case_call_s` computes (e.g. connect 1 s, read 16 s -> 22 s); the
+pipeline
 shortens the generation call's read timeout to what is left of the request budget.
 """
 

@@ -3,7 +3,8 @@
 final `Generation`; and the stop-sequence filter that keeps a stop sequence out of the text even
 when the model produces it across several tokens.
 
-Pure functions and small classes on bytes and dicts: `rag.adapters.llm.sagemaker` feeds them from urllib3 or botocore.
+Pure functions and small classes on bytes and dicts: `rag.adapters.llm.http` feeds them from
+urllib3, `rag.adapters.llm.sagemaker` from botocore.
 """
 
 from __future__ import annotations
