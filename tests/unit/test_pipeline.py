@@ -386,7 +386,12 @@ def test_generation_uses_profile_defaults_overridden_by_the_request() -> None:
 
     assert world.llm is not None
     default, custom = (c.params for c in world.llm.calls_for("generate"))
-    assert (default.max_new_tokens, default.temperature, default.top_p) == (512, 0.7, 0.9)
+    profile = world.deps.profile.generation
+    assert (default.max_new_tokens, default.temperature, default.top_p) == (
+        profile.max_new_tokens,
+        profile.temperature,
+        profile.top_p,
+    )
     assert (custom.max_new_tokens, custom.temperature, custom.top_p) == (64, 0.2, 0.9)
     assert "### Instruction:" in default.stop
 
