@@ -184,12 +184,19 @@ class PythonBundle:
                 ]
             ).encode()
         )
-        for package in self.packages:
-            # Every file build() copies (the chat page's static files too), not only *.py.
-            for path in sorted(p for p in (LAMBDA_SRC / package).rglob("*") if _bundled(p)):
-                digest.update(str(path.relative_to(LAMBDA_SRC)).encode())
-                digest.update(path.read_bytes())
+        for path in self.source_files():
+            digest.update(str(path.relative_to(LAMBDA_SRC)).encode())
+            digest.update(path.read_bytes())
         return digest.hexdigest()
+
+    def source_files(self) -> list[Path]:
+        """Every file of lambda_src/ that build() copies (the chat page's static files too)."""
+        return sorted(
+            path
+            for package in self.packages
+            for path in (LAMBDA_SRC / package).rglob("*")
+            if _bundled(path)
+        )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rag.settings import GenerationDefaults
 from stacks import tgi_image
 from stacks.instances import GPU_INSTANCES, GpuInstance
 
@@ -96,22 +97,6 @@ class VllmLimits(_Strict):
         return self
 
 
-class Generation(_Strict):
-    max_new_tokens: int = Field(default=512, gt=0)
-    max_new_tokens_limit: int = Field(default=1024, gt=0)
-    temperature: float = Field(default=0.01, ge=0, le=2)
-    top_p: float = Field(default=0.9, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _default_within_limit(self) -> Generation:
-        if self.max_new_tokens > self.max_new_tokens_limit:
-            raise ValueError(
-                f"max_new_tokens ({self.max_new_tokens}) must not exceed "
-                f"max_new_tokens_limit ({self.max_new_tokens_limit})"
-            )
-        return self
-
-
 class Scaling(_Strict):
     """`always_on` keeps min_copies >= 1 warm; `scale_to_zero` releases the GPU when idle.
 
@@ -171,7 +156,7 @@ class ModelConfig(_Strict):
     prompt_format: Literal["alpaca", "chat"]
     tgi: TgiLimits | None = None
     vllm: VllmLimits | None = None
-    generation: Generation = Generation()
+    generation: GenerationDefaults = GenerationDefaults()
     scaling: Scaling = Scaling()
     compute: ComputeShare = ComputeShare()
     startup_health_check_timeout_s: int = Field(default=900, ge=60, le=3600)

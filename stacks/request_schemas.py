@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rag.models import RagRequest, RetrieveRequest
+from rag.domain.models import RagRequest, RetrieveRequest
 
 DRAFT4 = "http://json-schema.org/draft-04/schema#"
 _ANNOTATIONS = frozenset({"title", "default", "description", "examples"})

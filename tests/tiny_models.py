@@ -24,7 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-EMBEDDING_DIM = 384
+from rag.domain.ports import EMBEDDING_DIM
+
 CROSS_ENCODER_DIM = 512
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 ONNX_OPSET = 17

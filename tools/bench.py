@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rag.llm_stream import TextStream
-    from rag.pipeline import Deps
-    from rag.ports import Generation, GenerationParams
+    from rag.adapters.llm.stream import TextStream
+    from rag.domain.deps import Deps
+    from rag.domain.ports import Generation, GenerationParams
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "build" / "bench"
@@ -294,9 +294,9 @@ def ingest_corpus(path: Path, models: Models) -> dict[str, float]:
     """The sample corpus into a fresh embedded Qdrant at `path`; documents/s and chunks/s."""
     from qdrant_client import QdrantClient
 
-    from rag.chunking import Chunker
-    from rag.ingest import ingest_file
-    from rag.onnx_models import OnnxEmbedder
+    from feature.chunking import Chunker
+    from feature.ingest import ingest_file
+    from rag.adapters.onnx_models import OnnxEmbedder
 
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -324,7 +324,7 @@ def fill_store(seed: Path, path: Path, points: int) -> int:
     import numpy as np
     from qdrant_client import QdrantClient, models
 
-    from rag.ports import COLLECTIONS
+    from rag.domain.ports import COLLECTIONS
 
     shutil.rmtree(path, ignore_errors=True)
     shutil.copytree(seed, path)
@@ -419,7 +419,7 @@ class InstantLLM:
         json_schema: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Generation:
-        from rag.ports import Generation
+        from rag.domain.ports import Generation
 
         props = (json_schema or {}).get("properties", {})
         if "author_full_name" in props:
@@ -580,8 +580,8 @@ def rerank_candidates(deps: Deps) -> list[int]:
 
 def critical_path(models: Models, qdrant_path: Path, runs: int) -> dict[str, float]:
     """Request start -> generation call start, with every LLM call taking HELPER_DELAY_S."""
-    from rag.models import RagRequest
-    from rag.pipeline import answer
+    from rag.domain.models import RagRequest
+    from rag.domain.pipeline import answer
 
     with tgi_fake(HELPER_DELAY_S) as url:
         deps = production_deps(models, qdrant_path, llm_url=url)

@@ -111,8 +111,8 @@ class InProcessTarget:
         self.description = "in-process"
 
     def run(self, question: Question, *, k: int, send_author: bool) -> Outcome:
-        from rag import pipeline
-        from rag.models import RagRequest, RetrieveRequest
+        from rag.domain import pipeline
+        from rag.domain.models import RagRequest, RetrieveRequest
 
         author = question.author if send_author else None
         if not self.answers:
@@ -214,7 +214,7 @@ def run_questions(
 def build_judge(env: Mapping[str, str]) -> Any | None:
     """An Opik judge model over this project's LLM adapters, or None when none is configured:
     JUDGE_URL (+ JUDGE_API openai|tgi, JUDGE_MODEL) or JUDGE_ENDPOINT (+ JUDGE_INFERENCE_COMPONENT)."""
-    from rag.llm import build_llm
+    from rag.adapters.llm.build import build_llm
 
     llm = build_llm(
         url=env.get("JUDGE_URL") or None,
@@ -230,10 +230,10 @@ def build_judge(env: Mapping[str, str]) -> Any | None:
 
 def judge_model(llm: Any) -> Any:
     """Opik's documented extension point for a custom judge (`OpikBaseModel`), calling the
-    Messages API of `llm` (a rag.ports.LLM): any OpenAI-compatible URL, TGI or SageMaker."""
+    Messages API of `llm` (a rag.domain.ports.LLM): any OpenAI-compatible URL, TGI or SageMaker."""
     from opik.evaluation.models import OpikBaseModel
 
-    from rag.ports import GenerationParams
+    from rag.domain.ports import GenerationParams
 
     params = GenerationParams(max_new_tokens=JUDGE_MAX_NEW_TOKENS, temperature=0.0, top_p=1.0)
 
@@ -486,12 +486,12 @@ def local_env(environ: Mapping[str, str], notes: list[str]) -> dict[str, str]:
 
 
 def fill_store(path: Path, corpus: Path, embedding_dir: Path) -> None:
-    """Ingest `corpus` into an embedded Qdrant at `path` (rag.ingest, as `make ingest`)."""
+    """Ingest `corpus` into an embedded Qdrant at `path` (feature.ingest, as `make ingest`)."""
     from qdrant_client import QdrantClient
 
-    from rag.chunking import Chunker
-    from rag.ingest import ingest_file
-    from rag.onnx_models import OnnxEmbedder
+    from feature.chunking import Chunker
+    from feature.ingest import ingest_file
+    from rag.adapters.onnx_models import OnnxEmbedder
 
     embedder = OnnxEmbedder(embedding_dir, threads=os.cpu_count() or 1)
     client = QdrantClient(path=str(path))

@@ -174,7 +174,7 @@ def fetch_models(
                 os.replace(staged, destination)
                 entry.files[path] = actual
                 report.downloaded.append(label)
-            # Names the model in traces and chunk metadata (read by rag.onnx_models).
+            # Names the model in traces and chunk metadata (read by rag.adapters.onnx_models).
             source = {"repo": entry.repo, "revision": entry.revision}
             (out_dir / name / SOURCE_FILE).write_text(json.dumps(source) + "\n")
     finally:

@@ -17,9 +17,9 @@ from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from tqdm import tqdm
 
-from rag.chunking import Chunker
-from rag.ingest import DEFAULT_BATCH_SIZE, IngestError, IngestReport, ingest_file
-from rag.onnx_models import ModelLoadError, OnnxEmbedder
+from feature.chunking import Chunker
+from feature.ingest import DEFAULT_BATCH_SIZE, IngestError, IngestReport, ingest_file
+from rag.adapters.onnx_models import ModelLoadError, OnnxEmbedder
 from rag.urls import check_key_transport
 
 DEFAULT_QDRANT_PATH = Path(".local/qdrant")  # the store `make local` serves

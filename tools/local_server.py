@@ -39,8 +39,8 @@ from rag.urls import redact_url  # stdlib only: safe before Powertools' defaults
 from web.page import is_public  # fastapi only, as above
 
 if TYPE_CHECKING:
-    from rag.pipeline import Deps
-    from rag.ports import TraceSink
+    from rag.domain.deps import Deps
+    from rag.domain.ports import TraceSink
     from rag.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,7 +199,7 @@ class StoreStatus:
 
 
 def _counts(client: Any) -> dict[str, int]:
-    from rag.ports import COLLECTIONS
+    from rag.domain.ports import COLLECTIONS
 
     return {
         name: client.count(name, exact=True).count if client.collection_exists(name) else 0
@@ -265,9 +265,9 @@ def prepare_store(settings: Settings, setup: LocalSetup) -> StoreStatus:
 def _ingest(client: Any, settings: Settings, corpus: Path) -> None:
     from tqdm import tqdm
 
-    from rag.chunking import Chunker
-    from rag.ingest import ingest_file
-    from rag.onnx_models import OnnxEmbedder
+    from feature.chunking import Chunker
+    from feature.ingest import ingest_file
+    from rag.adapters.onnx_models import OnnxEmbedder
 
     if not corpus.is_file():
         raise LocalConfigError(f"LOCAL_CORPUS: no such file {corpus}")
@@ -345,7 +345,7 @@ def opik_sink(env: Mapping[str, str]) -> tuple[BackgroundSink, str] | None:
 
 def with_opik(deps: Deps, opik: TraceSink) -> Deps:
     """The production sink (sampling, redaction, JSONL file) fanned out to Opik as well."""
-    from rag.sinks import build_sink
+    from rag.adapters.trace_sinks import build_sink
 
     return replace(deps, sink=build_sink(deps.settings, extra=[opik]))
 
@@ -680,8 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, value in POWERTOOLS_DEFAULTS.items():
         os.environ.setdefault(name, value)  # read by Powertools when rag.observability loads
 
-    from rag.model_store import ModelAssetError
-    from rag.onnx_models import ModelLoadError
+    from rag.adapters.model_store import ModelAssetError
+    from rag.adapters.onnx_models import ModelLoadError
     from rag.settings import Settings, SettingsError
     from rag.wiring import build_deps
 

@@ -36,6 +36,7 @@ from typing import Any, Literal, Protocol
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from rag.domain.ports import COLLECTIONS, EMBEDDING_DIM
 from rag.urls import redact_url
 from stacks.config import (
     ConfigError,
@@ -48,13 +49,6 @@ from stacks.config import (
 Status = Literal["PASS", "FAIL", "SKIP"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Same values as rag.ports.COLLECTIONS and the embedder's output size (a test keeps them in sync).
-QDRANT_COLLECTIONS: tuple[str, ...] = (
-    "embedded_articles",
-    "embedded_posts",
-    "embedded_repositories",
-)
-EMBEDDING_DIM = 384
 QDRANT_TIMEOUT_S = 5
 HUB_TIMEOUT_S = 15
 
@@ -620,7 +614,7 @@ def check_qdrant(client: Any, url: str) -> CheckResult:
     problems: list[str] = []
     try:
         existing = {c.name for c in client.get_collections().collections}
-        for name in QDRANT_COLLECTIONS:
+        for name in COLLECTIONS:
             if name not in existing:
                 problems.append(f"{name} missing")
                 continue
@@ -644,7 +638,7 @@ def check_qdrant(client: Any, url: str) -> CheckResult:
     return CheckResult(
         "PASS",
         "qdrant",
-        f"{url}: {', '.join(QDRANT_COLLECTIONS)} exist with {EMBEDDING_DIM}-d cosine vectors",
+        f"{url}: {', '.join(COLLECTIONS)} exist with {EMBEDDING_DIM}-d cosine vectors",
     )
 
 

@@ -41,7 +41,7 @@ def paragraphs() -> list[str]:
 
 
 def pairs(embedding_dir: Path) -> list[tuple[str, list[str]]]:
-    from rag.onnx_models import OnnxEmbedder
+    from rag.adapters.onnx_models import OnnxEmbedder
 
     texts = paragraphs()
     embedder = OnnxEmbedder(embedding_dir)
@@ -59,7 +59,7 @@ def quantize(folder: Path, work: Path) -> Path:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from rag.onnx_models import find_model_file
+    from rag.adapters.onnx_models import find_model_file
 
     target = work / "int8"
     target.mkdir()
@@ -73,7 +73,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main(argv: list[str]) -> int:
-    from rag.onnx_models import OnnxCrossEncoder
+    from rag.adapters.onnx_models import OnnxCrossEncoder
 
     models = resolve_models(Path(tempfile.mkdtemp()))
     folder = Path(argv[0]) if argv else models.reranker

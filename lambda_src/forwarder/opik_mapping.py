@@ -322,7 +322,8 @@ class OpikWriter:
 
 
 class OpikEventSink:
-    """Local mode's direct path to Opik (a `rag.ports.TraceSink`): logs failures, never raises."""
+    """Local mode's direct path to Opik (a `rag.domain.ports.TraceSink`): logs failures, never
+    raises."""
 
     def __init__(self, writer: OpikWriter, *, logger: Logger | None = None) -> None:
         self.writer = writer

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from rag.budget import DEFAULT_GENERATION_TOKENS_PER_S
+from rag.domain.budget import DEFAULT_GENERATION_TOKENS_PER_S, DEFAULT_STREAM_BUDGET_S
 from rag.urls import check_key_transport
 
 SECRET_MAX_AGE_S = 300
@@ -44,9 +44,6 @@ scoring every candidate (up to 3 queries x 3 collections x k) was 1-3 s a reques
 DEFAULT_RERANK_MAX_LENGTH = 256
 """Tokens per (query, chunk) pair: a chunk is at most 256 embedder tokens, so this cuts only the
 tail of long pairs (long queries) while halving the worst case of the model's 512."""
-DEFAULT_STREAM_BUDGET_S = 300.0
-"""Five minutes: a 2048-token answer at ~35 tokens/s (8B on one A10G) takes about one; API
-Gateway allows a stream 15 minutes (and 5 idle), the Lambda timeout is set just above this."""
 DEFAULT_STREAM_STALL_S = 30.0
 """Covers the prefill of a full prompt before the first token; longer silence is a stall."""
 MIN_RERANK_MAX_LENGTH = 16
@@ -55,13 +52,17 @@ MAX_RERANK_MAX_LENGTH = 512
 
 
 class GenerationDefaults(BaseModel):
+    """A model config's `generation:` block (model_config/*.yaml, validated by stacks.config) and
+    what the runtime applies: one model, one set of defaults."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_new_tokens: int = Field(ge=1)
-    max_new_tokens_limit: int = Field(ge=1)
+    max_new_tokens: int = Field(default=512, ge=1)
+    max_new_tokens_limit: int = Field(default=1024, ge=1)
     """The most a request may ask for."""
-    temperature: float = Field(ge=0, le=2)
-    top_p: float = Field(gt=0, le=1)
+    temperature: float = Field(default=0.01, ge=0, le=2)
+    """Near-greedy: the twin answers from its context rather than inventing."""
+    top_p: float = Field(default=0.9, gt=0, le=1)
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> GenerationDefaults:
@@ -102,9 +103,8 @@ DEFAULT_PROFILE = ModelProfile(
     prompt_format="alpaca",
     max_input_tokens=2048,
     max_total_tokens=4096,
-    generation=GenerationDefaults(
-        max_new_tokens=512, max_new_tokens_limit=2048, temperature=0.7, top_p=0.9
-    ),
+    # As model_config/twin-llama-3.1-8b.yaml's `generation:` (the rest are the model's defaults).
+    generation=GenerationDefaults(max_new_tokens_limit=2048),
 )
 
 
@@ -157,7 +157,7 @@ class Settings(BaseModel):
     generation_tokens_per_s: float = Field(
         default=DEFAULT_GENERATION_TOKENS_PER_S, gt=0, validation_alias="GENERATION_TOKENS_PER_S"
     )
-    """Decode speed (tokens/s) the buffered route sizes max_new_tokens by (rag.budget)."""
+    """Decode speed (tokens/s) the buffered route sizes max_new_tokens by (rag.domain.budget)."""
     stream_budget_s: float | None = Field(
         default=DEFAULT_STREAM_BUDGET_S, gt=0, validation_alias="STREAM_BUDGET_S"
     )

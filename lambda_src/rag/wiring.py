@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rag.pipeline import Deps
-    from rag.ports import LLM, Embedder, Reranker, TraceSink, VectorStore
+    from rag.domain.deps import Deps
+    from rag.domain.ports import LLM, Embedder, Reranker, TraceSink, VectorStore
     from rag.settings import Settings
 
 _deps: Deps | None = None
@@ -92,7 +92,7 @@ def build_deps(
     """Models on a side thread (`models`, when `start_models` began them earlier) while this one
     imports and builds the clients: importing qdrant-client and boto3 is pure Python, loading
     the models mostly is not, so the two overlap."""
-    from rag.pipeline import Deps
+    from rag.domain.deps import Deps
 
     pending = models if models is not None else _submit_models(settings)
     store, llm, sink = _build_clients(settings)
@@ -116,8 +116,8 @@ def _submit_models(settings: Settings) -> Future[tuple[Embedder, Reranker | None
 
 
 def _load_models(settings: Settings) -> tuple[Embedder, Reranker | None]:
-    from rag.model_store import resolve_model_dirs
-    from rag.onnx_models import OnnxCrossEncoder, OnnxEmbedder
+    from rag.adapters.model_store import resolve_model_dirs
+    from rag.adapters.onnx_models import OnnxCrossEncoder, OnnxEmbedder
 
     dirs = resolve_model_dirs(
         embedding_dir=_path(settings.embedding_model_dir),
@@ -135,8 +135,8 @@ def _load_models(settings: Settings) -> tuple[Embedder, Reranker | None]:
 
 
 def _build_clients(settings: Settings) -> tuple[VectorStore, LLM | None, TraceSink]:
-    from rag.sinks import build_sink
-    from rag.vectorstore import QdrantStore
+    from rag.adapters.trace_sinks import build_sink
+    from rag.adapters.vectorstore import QdrantStore
 
     store = QdrantStore.from_settings(
         url=settings.qdrant_url,
@@ -151,7 +151,7 @@ def _build_clients(settings: Settings) -> tuple[VectorStore, LLM | None, TraceSi
 def llm_from_settings(settings: Settings) -> LLM | None:
     """The LLM adapter the settings name: a SageMaker endpoint (its engine from MODEL_PROFILE)
     or an LLM_URL spoken as LLM_API; None when neither is set."""
-    from rag.llm import build_llm
+    from rag.adapters.llm.build import build_llm
 
     return build_llm(
         url=settings.llm_url,

@@ -30,8 +30,9 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rag import pipeline
-from rag.errors import (
+from rag.domain import pipeline
+from rag.domain.deps import Deps
+from rag.domain.errors import (
     ApiError,
     BadRequest,
     MethodNotAllowed,
@@ -39,7 +40,7 @@ from rag.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from rag.models import (
+from rag.domain.models import (
     JsonBodyError,
     RagRequest,
     RetrieveRequest,
@@ -47,7 +48,6 @@ from rag.models import (
     parse_request,
 )
 from rag.observability import flush_metrics, logger
-from rag.pipeline import Deps
 from web import openai_api, page, sse
 from web.cors import CorsHeaders
 from web.responses import rag_body, retrieve_body

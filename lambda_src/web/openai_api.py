@@ -2,7 +2,7 @@
 
 Request (https://platform.openai.com/docs/api-reference/chat/create): the last message must be
 the user's and is the RAG query; earlier user and assistant messages are the conversation
-(placed by rag.prompt's history rule); system and developer messages are not placed, since the
+(placed by rag.domain.prompt's history rule); system and developer messages are not placed, since the
 twin's own instruction governs the prompt. `temperature`, `top_p`, `max_tokens` /
 `max_completion_tokens` (clamped to the model config's limit), `stop` (up to 4), `stream`,
 `stream_options.include_usage` and `user` are honoured; what the twin cannot do (tools and
@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rag.errors import ApiError, BadRequest, NotFound
-from rag.models import MAX_K, RagRequest, describe_errors, parse_request
-from rag.pipeline import AnswerOutcome, Conversation, DoneEvent, RetrievalEvent, StreamEvent
-from rag.ports import Chunk
-from rag.prompt import Turn
+from rag.domain.errors import ApiError, BadRequest, NotFound
+from rag.domain.models import MAX_K, RagRequest, describe_errors, parse_request
+from rag.domain.outcomes import AnswerOutcome, Conversation, DoneEvent, RetrievalEvent, StreamEvent
+from rag.domain.ports import Chunk
+from rag.domain.prompt import Turn
 from web.responses import source
 from web.sse import INTERNAL_ERROR
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rag.models import ContextChunk, Filters, RagResponse, RetrieveResponse, Source, Usage
-from rag.pipeline import AnswerOutcome, RetrievalOutcome
-from rag.ports import Chunk
+from rag.domain.models import ContextChunk, Filters, RagResponse, RetrieveResponse, Source, Usage
+from rag.domain.outcomes import AnswerOutcome, RetrievalOutcome
+from rag.domain.ports import Chunk
 
 
 def source(chunk: Chunk) -> Source:

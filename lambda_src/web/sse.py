@@ -16,9 +16,9 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
-from rag.errors import ApiError
+from rag.domain.errors import ApiError
+from rag.domain.outcomes import DoneEvent, RetrievalEvent, StreamEvent, TokenEvent
 from rag.observability import flush_metrics, logger
-from rag.pipeline import DoneEvent, RetrievalEvent, StreamEvent, TokenEvent
 from web.responses import rag_body, retrieval_event_body
 
 KEEPALIVE_S = 15.0

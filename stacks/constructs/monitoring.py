@@ -16,6 +16,8 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from rag.adapters.trace_sinks import METRIC_SEND_FAILED
+from rag.observability import METRICS_NAMESPACE
 from stacks.config import DeploymentConfig
 from stacks.constructs.tgi_endpoint import VARIANT_NAME, TgiEndpointRef
 
@@ -200,8 +202,10 @@ class Monitoring(Construct):
                 1,
                 "Trace events in the dead-letter queue: inspect and redrive",
             )
-            # Counted by the business Lambda's SQS sink (rag.sinks) when a trace cannot be queued.
-            trace_send_failed = _metric("LlmTwin", "trace_send_failed", {"service": "rag"}, "Sum")
+            # Counted by the business Lambda's SQS sink when a trace cannot be queued.
+            trace_send_failed = _metric(
+                METRICS_NAMESPACE, METRIC_SEND_FAILED, {"service": "rag"}, "Sum"
+            )
             alarm(
                 "trace-send-failed",
                 trace_send_failed,

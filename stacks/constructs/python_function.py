@@ -11,6 +11,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from rag.observability import METRICS_NAMESPACE
 from stacks import web_adapter
 from stacks.bundling import LAMBDA_SRC, RUNTIME_PYTHON, PythonBundle
 from stacks.config import LambdaArchitecture
@@ -110,7 +111,7 @@ class PythonFunction(Construct):
             environment={
                 "POWERTOOLS_SERVICE_NAME": service_name,
                 "POWERTOOLS_LOG_LEVEL": POWERTOOLS_LOG_LEVEL,
-                "POWERTOOLS_METRICS_NAMESPACE": "LlmTwin",
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 **adapter_env,
                 **environment,
             },

@@ -24,7 +24,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from rag.budget import DEFAULT_GENERATION_TOKENS_PER_S
+from rag.domain.budget import DEFAULT_GENERATION_TOKENS_PER_S, DEFAULT_STREAM_BUDGET_S
 from stacks.bundling import LAMBDA_SRC, REPO, ModelBundle, PythonBundle
 from stacks.config import DeploymentConfig, ModelConfig
 from stacks.constructs.api_key_authorizer import ApiKeyAuthorizer
@@ -40,7 +40,7 @@ from web.page import STATIC_ROUTE
 # budget (STREAM_BUDGET_S, passed to the app), so the Lambda and the STREAM integration are sized for it,
 # inside API Gateway's 15-minute limit for streamed responses.
 API_GATEWAY_TIMEOUT_S = 29
-STREAM_BUDGET_S = 300  # passed as STREAM_BUDGET_S: a 2048-token answer takes ~1 min on an A10G
+STREAM_BUDGET_S = int(DEFAULT_STREAM_BUDGET_S)  # passed as STREAM_BUDGET_S; local mode's default
 LAMBDA_TIMEOUT_S = STREAM_BUDGET_S + 10  # the trace send and the adapter's own overhead
 INTEGRATION_TIMEOUT_S = LAMBDA_TIMEOUT_S + 5
 API_GATEWAY_STREAM_MAX_S = 15 * 60
@@ -48,11 +48,11 @@ LLM_CONNECT_TIMEOUT_S = 1
 LLM_HELPER_TIMEOUT_S = 3  # self-query and expansion run concurrently, so this counts once
 LLM_READ_TIMEOUT_S = 16  # ~500 tokens at TGI's ~35 tokens/s for an 8B model on one A10G
 QDRANT_TIMEOUT_S = 2
-# Decode speed the buffered /rag sizes max_new_tokens by (rag.budget.max_new_tokens_within):
+# Decode speed the buffered /rag sizes max_new_tokens by (rag.domain.budget.max_new_tokens_within):
 # ~480 new tokens fit the 16 s read timeout.
 GENERATION_TOKENS_PER_S = DEFAULT_GENERATION_TOKENS_PER_S
 # What a buffered answer may spend end to end; the generation call gets what retrieval left of
-# it (rag.budget.generation_timeout_s). 2 s under API Gateway's classic 29 s.
+# it (rag.domain.budget.generation_timeout_s). 2 s under API Gateway's classic 29 s.
 REQUEST_BUDGET_S = API_GATEWAY_TIMEOUT_S - 2
 # 2048 MB gives Lambda ~1.2 vCPU: embedding + reranking dominate the warm overhead and scale
 # with CPU, and the two ONNX models and their arenas need ~600 MB resident.

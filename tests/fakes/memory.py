@@ -1,4 +1,4 @@
-"""In-memory fakes of every port in `rag.ports`, for unit tests and the overhead benchmark.
+"""In-memory fakes of every port in `rag.domain.ports`, for unit tests and the overhead benchmark.
 
 They behave (deterministic vectors, real cosine search, an author filter, token-overlap
 scores, a scriptable LLM) rather than returning canned values, so tests assert real effects.
@@ -18,9 +18,9 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from rag.llm_stream import TextStream
-from rag.pipeline import Deps
-from rag.ports import COLLECTIONS, Chunk, Generation, GenerationParams, SearchResult
+from rag.adapters.llm.stream import TextStream
+from rag.domain.deps import Deps
+from rag.domain.ports import COLLECTIONS, Chunk, Generation, GenerationParams, SearchResult
 from rag.settings import Settings
 
 _WORD = re.compile(r"\w+")

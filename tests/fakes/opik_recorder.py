@@ -255,7 +255,7 @@ def _evaluation(
 ) -> tuple[int, bytes | None] | None:
     """The dataset and experiment endpoints (Opik's REST API, as opik.rest_api calls them);
     None for any other request. Caller holds the lock."""
-    from rag.ids import new_id
+    from rag.domain.ids import new_id
 
     body = body if isinstance(body, dict) else {}
     if method == "GET" and path == VERSION:
@@ -342,7 +342,7 @@ def make_trace_event(
     error: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A schema-1 trace event (docs/CONTRACTS.md) as the business Lambda emits it, fresh ids."""
-    from rag.ids import new_id
+    from rag.domain.ids import new_id
 
     prompt = (
         "### Instruction:\nAnswer using the context.\n\n"

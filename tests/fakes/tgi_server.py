@@ -36,10 +36,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SPEC_CANDIDATES = (
-    REPO_ROOT / "tests" / "contracts" / "tgi-openapi.json",
-    REPO_ROOT.parent / "shared" / "contracts" / "tgi-openapi.json",
-)
+SPEC_PATH = REPO_ROOT / "docs" / "contracts" / "tgi-openapi.json"
 SPEC_URI = "urn:tgi-openapi"
 MODEL_ID = "mlabonne/TwinLlama-3.1-8B-DPO"
 SYSTEM_FINGERPRINT = "3.3.6-native"
@@ -67,15 +64,12 @@ Flavor = Literal["tgi", "openai"]
 
 
 def spec_path() -> Path:
-    """TGI's OpenAPI spec: $TGI_OPENAPI_SPEC, else the repo copy, else the shared contracts."""
+    """TGI's OpenAPI spec: $TGI_OPENAPI_SPEC, else the repository's copy in docs/contracts."""
     override = os.environ.get("TGI_OPENAPI_SPEC")
-    candidates = (Path(override),) if override else SPEC_CANDIDATES
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        "TGI OpenAPI spec not found; set TGI_OPENAPI_SPEC or add tests/contracts/tgi-openapi.json"
-    )
+    path = Path(override) if override else SPEC_PATH
+    if not path.is_file():
+        raise FileNotFoundError(f"TGI OpenAPI spec not found at {path}")
+    return path
 
 
 def _nullable_to_json_schema(node: Any) -> Any:

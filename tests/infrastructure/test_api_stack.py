@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
-from rag.budget import (
+from rag.adapters.trace_sinks import METRIC_SEND_FAILED
+from rag.domain.budget import (
     MIN_GENERATION_S,
     generation_timeout_s,
     worst_case_call_s,
     worst_case_send_s,
 )
+from rag.observability import METRICS_NAMESPACE
 from stacks.constructs import rag_api
 from tests.infrastructure.helpers import as_list, one, resources
 
@@ -465,3 +467,21 @@ def test_alarm_topic_is_encrypted_with_a_customer_key_cloudwatch_and_budgets_may
         assert not actions - {"kms:Decrypt", "kms:GenerateDataKey*"}
     # And without a budget, Budgets gets nothing
     assert _key_statements_for(synth()["api"], "budgets.amazonaws.com")[1] == []
+
+
+def test_trace_send_failed_alarm_watches_the_metric_the_business_lambda_emits(synth):
+    """CloudWatch identifies a metric by namespace, name and every dimension ("a metric is uniquely
+    defined by a name, a namespace, and zero or more dimensions",
+    https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/cloudwatch_concepts.html):
+    an alarm that differs in any of them watches nothing and never fires. Powertools puts
+    POWERTOOLS_SERVICE_NAME in the `service` dimension of every metric it emits."""
+    template = synth(alarm_email="oncall@example.com", **OPIK)["api"]
+    env = _functions(template)["llm-twin-rag"]["Environment"]["Variables"]
+    alarm = next(
+        r["Properties"]
+        for r in resources(template, "AWS::CloudWatch::Alarm")
+        if r["Properties"]["AlarmName"] == "llm-twin-trace-send-failed"
+    )
+    assert alarm["Namespace"] == env["POWERTOOLS_METRICS_NAMESPACE"] == METRICS_NAMESPACE
+    assert alarm["MetricName"] == METRIC_SEND_FAILED
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": env["POWERTOOLS_SERVICE_NAME"]}]

@@ -99,9 +99,9 @@ def test_business_bundle_imports_on_the_runtime_python(built, architecture):
     runtime_provided = str(Path(boto3.__file__).parent.parent)
     probe = (
         "import sys, json; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2]);"
-        "import web.main, uvicorn, rag.onnx_models, rag.vectorstore, rag.llm, rag.sinks;"
+        "import web.main, uvicorn, rag.adapters.onnx_models, rag.adapters.vectorstore, rag.adapters.llm.sagemaker, rag.adapters.trace_sinks;"
         "import onnxruntime, tokenizers, qdrant_client;"
-        "print(json.dumps({'ok': True, 'pyc': bool(sys.modules['rag.pipeline'].__cached__)}))"
+        "print(json.dumps({'ok': True, 'pyc': bool(sys.modules['rag.domain.pipeline'].__cached__)}))"
     )
     # -S: nothing from this machine's site-packages, only the bundle (+ boto3 as Lambda has it)
     done = subprocess.run(

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from rag.llm import HttpLLM
+from rag.adapters.llm.http import HttpLLM
 from tests.fakes.memory import FakeWorld, fake_world
 from tests.fakes.tgi_server import Fault, TgiServer, fixed
 from tools.local_server import LocalServer, local_app

@@ -1,5 +1,5 @@
 """`make eval` in-process over real local parts: tiny ONNX models, an embedded Qdrant filled by
-rag.ingest, a TGI-protocol fake as the twin model and an OpenAI-compatible fake as the judge
+feature.ingest, a TGI-protocol fake as the twin model and an OpenAI-compatible fake as the judge
 (both tests/fakes/tgi_server.py), the real opik client against the local Opik recorder.
 
 Documented behaviour relied on:
@@ -12,7 +12,7 @@ Documented behaviour relied on:
   feedback scores and links them as experiment items (https://www.comet.com/docs/opik/evaluation/
   evaluate_your_llm; REST paths from opik's `rest_api/{datasets,experiments,traces}/raw_client.py`).
 - OpenAI-compatible chat completions: POST /v1/chat/completions with `messages`
-  (TGI 3.3.6 OpenAPI spec, tests/contracts or ../shared/contracts/tgi-openapi.json).
+  (TGI 3.3.6 OpenAPI spec, docs/contracts/tgi-openapi.json).
 """
 
 from __future__ import annotations

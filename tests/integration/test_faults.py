@@ -31,20 +31,21 @@ import pytest
 from moto import mock_aws
 from qdrant_client import QdrantClient
 
-from rag import sinks
-from rag.budget import (
+from feature.chunking import Chunker
+from feature.ingest import ingest_file
+from rag.adapters import trace_sinks as sinks
+from rag.adapters.llm.http import HttpLLM
+from rag.adapters.llm.sagemaker import SageMakerLLM
+from rag.adapters.onnx_models import OnnxEmbedder
+from rag.adapters.trace_sinks import MemoryTraceSink, PolicySink, SqsTraceSink
+from rag.domain.budget import (
     FAST_FAILURE_S,
     generation_timeout_s,
     worst_case_call_s,
     worst_case_send_s,
 )
-from rag.chunking import Chunker
-from rag.ingest import ingest_file
-from rag.llm import HttpLLM, SageMakerLLM
-from rag.onnx_models import OnnxEmbedder
-from rag.pipeline import Deps
+from rag.domain.deps import Deps
 from rag.settings import Settings
-from rag.sinks import MemoryTraceSink, PolicySink, SqsTraceSink
 from rag.wiring import build_deps
 from stacks.constructs import rag_api
 from tests.fakes.opik_recorder import OpikRecorder
@@ -227,7 +228,7 @@ def test_a_failing_dependency_ends_the_request_inside_the_lambda_timeout(stage: 
 
 def test_every_dependency_at_its_timeout_at_once_still_fits_the_lambda_timeout() -> None:
     # Helpers and Qdrant at their worst; the generation call gets only what is left of the request
-    # budget (rag.budget.generation_timeout_s), then the trace send at its worst.
+    # budget (rag.domain.budget.generation_timeout_s), then the trace send at its worst.
     elapsed_s = DEPLOYED_HELPERS_S + DEPLOYED_QDRANT_S
     read_s = generation_timeout_s(
         read_timeout_s=rag_api.LLM_READ_TIMEOUT_S,

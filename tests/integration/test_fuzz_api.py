@@ -29,9 +29,9 @@ from schemathesis.checks import (
 )
 from schemathesis.generation import GenerationMode
 
-from rag.chunking import Chunker
-from rag.ingest import ingest_file
-from rag.onnx_models import OnnxEmbedder
+from feature.chunking import Chunker
+from feature.ingest import ingest_file
+from rag.adapters.onnx_models import OnnxEmbedder
 from rag.settings import Settings
 from rag.wiring import build_deps
 from tests.fakes.tgi_server import TgiServer

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
-from rag.chunking import Chunker
-from rag.ingest import IngestError, ingest_file, ingest_lines, parse_lines
-from rag.onnx_models import OnnxEmbedder
-from rag.ports import COLLECTIONS
-from rag.vectorstore import QdrantStore
+from feature.chunking import Chunker
+from feature.ingest import IngestError, ingest_file, ingest_lines, parse_lines
+from rag.adapters.onnx_models import OnnxEmbedder
+from rag.adapters.vectorstore import QdrantStore
+from rag.domain.ports import COLLECTIONS
 from tests.tiny_models import tiny_embedder_dir
 from tools.ingest import main as ingest_cli
 

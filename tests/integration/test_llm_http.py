@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from rag.errors import (
+from rag.adapters.llm.http import HttpLLM
+from rag.adapters.llm.sagemaker import SageMakerLLM
+from rag.domain.errors import (
     ApiError,
     BadRequest,
     ModelError,
@@ -18,8 +20,7 @@ from rag.errors import (
     Throttled,
     UpstreamTimeout,
 )
-from rag.llm import HttpLLM, SageMakerLLM
-from rag.ports import GenerationParams
+from rag.domain.ports import GenerationParams
 from tests.fakes.tgi_server import Fault, TgiServer, echo, fixed, json_or, tgi_spec
 
 PARAMS = GenerationParams(max_new_tokens=32, temperature=0.7, top_p=0.9, stop=("###",))

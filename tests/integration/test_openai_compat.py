@@ -1,6 +1,6 @@
 """The OpenAI-compatible routes end to end, with the real `openai` Python SDK as the client: local
 mode over real HTTP (uvicorn + the Lambda's app + the local gateway) in front of the TGI-protocol
-fake (TGI 3.3.6's OpenAPI spec, ../shared/contracts/tgi-openapi.json).
+fake (TGI 3.3.6's OpenAPI spec, docs/contracts/tgi-openapi.json).
 
 What the client relies on is OpenAI's API reference (https://platform.openai.com/docs/api-reference/chat):
 `chat.completion` and `chat.completion.chunk` objects, a stream ended by `data: [DONE]`, with
@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from rag.llm import HttpLLM
+from rag.adapters.llm.http import HttpLLM
 from tests.fakes.memory import FakeWorld, fake_world
 from tests.fakes.tgi_server import Fault, GenerationRequest, TgiServer
 from tools.local_server import LocalServer, local_app

@@ -4,7 +4,7 @@ this process) in front of the TGI-protocol fake streaming `/generate_stream` wit
 The contract is DESIGN 3.1 (server-sent events `retrieval`, `token`..., `done` | `error`); the
 fake speaks TGI 3.3.6's streaming protocol from its OpenAPI spec (`/generate_stream` answers
 `text/event-stream` StreamResponse events, an error during generation is an ErrorResponse
-event; ../shared/contracts/tgi-openapi.json). SSE framing: https://html.spec.whatwg.org/multipage/server-sent-events.html
+event; docs/contracts/tgi-openapi.json). SSE framing: https://html.spec.whatwg.org/multipage/server-sent-events.html
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rag.llm import HttpLLM
+from rag.adapters.llm.http import HttpLLM
 from tests.fakes.memory import FakeWorld, fake_world
 from tests.fakes.tgi_server import Fault, TgiServer, fixed
 from tools.local_server import LocalServer, local_app

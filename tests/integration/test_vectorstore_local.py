@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
-from rag.errors import UpstreamError, UpstreamTimeout
-from rag.ports import COLLECTIONS
-from rag.vectorstore import QdrantStore
+from rag.adapters.vectorstore import QdrantStore
+from rag.domain.errors import UpstreamError, UpstreamTimeout
+from rag.domain.ports import COLLECTIONS
 
 DIM = 8
 AUTHORS = ("Paul Iusztin", "Maxime Labonne", "Alex Vesa")

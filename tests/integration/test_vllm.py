@@ -23,9 +23,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from rag.errors import BadRequest, ModelError
-from rag.llm import HttpLLM, SageMakerLLM
-from rag.ports import GenerationParams
+from rag.adapters.llm.http import HttpLLM
+from rag.adapters.llm.sagemaker import SageMakerLLM
+from rag.domain.errors import BadRequest, ModelError
+from rag.domain.ports import GenerationParams
 from rag.settings import Settings
 from rag.wiring import llm_from_settings
 from tests.fakes.memory import fake_world

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from rag.errors import (
+from rag.domain.errors import (
     ApiError,
     BadRequest,
     ModelError,

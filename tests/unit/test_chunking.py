@@ -1,10 +1,10 @@
-"""Chunking rules per collection (the Handbook's feature pipeline, see rag.chunking)."""
+"""Chunking rules per collection (the Handbook's feature pipeline, see feature.chunking)."""
 
 from __future__ import annotations
 
 import pytest
 
-from rag.chunking import RULES, Chunker, SizeRule, chunk_article, pack_paragraphs
+from feature.chunking import RULES, Chunker, SizeRule, chunk_article, pack_paragraphs
 from tests.tiny_models import DEFAULT_WORDS, build_tokenizer
 
 MAX_LENGTH = 32  # a small model window keeps the token windows visible in short texts

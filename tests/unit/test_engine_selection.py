@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag.llm import SageMakerLLM
+from rag.adapters.llm.sagemaker import SageMakerLLM
 from rag.settings import Settings
 from rag.wiring import llm_from_settings
 from stacks.config import load_model_config

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rag.prompt import (
+from rag.domain.prompt import (
     ALPACA_PREAMBLE,
     INSTRUCTION,
     MAX_LINE_CHARS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from rag.ids import new_id, uuid7
+from rag.domain.ids import new_id, uuid7
 
 
 def test_uuid7_has_version_variant_and_the_current_time() -> None:

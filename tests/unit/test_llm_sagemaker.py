@@ -14,8 +14,11 @@ from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, Re
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from rag.budget import worst_case_call_s
-from rag.errors import (
+from rag.adapters.llm.build import build_llm
+from rag.adapters.llm.http import HttpLLM
+from rag.adapters.llm.sagemaker import SageMakerLLM, botocore_config
+from rag.domain.budget import worst_case_call_s
+from rag.domain.errors import (
     ApiError,
     BadRequest,
     ModelError,
@@ -23,8 +26,7 @@ from rag.errors import (
     Throttled,
     UpstreamTimeout,
 )
-from rag.llm import HttpLLM, SageMakerLLM, botocore_config, build_llm
-from rag.ports import GenerationParams
+from rag.domain.ports import GenerationParams
 from tests.fakes.tgi_server import tgi_spec
 
 ENDPOINT = "twin-llm"

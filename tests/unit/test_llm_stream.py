@@ -2,7 +2,7 @@
 SageMaker's InvokeEndpointWithResponseStream read through botocore's own event-stream parser.
 
 Sources: SSE framing https://html.spec.whatwg.org/multipage/server-sent-events.html; TGI 3.3.6
-StreamResponse / ErrorResponse (../shared/contracts/tgi-openapi.json, `/generate_stream`);
+StreamResponse / ErrorResponse (docs/contracts/tgi-openapi.json, `/generate_stream`);
 SageMaker runtime InvokeEndpointWithResponseStream: `PayloadPart.Bytes` parts of the container's
 stream, `ModelStreamError` / `InternalStreamFailure` error events
 (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpointWithResponseStream.html),
@@ -16,10 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from rag.errors import BadRequest, ModelError, UpstreamTimeout
-from rag.llm import SageMakerLLM
-from rag.llm_stream import SseDecoder, StopFilter, TextStream
-from rag.ports import GenerationParams
+from rag.adapters.llm.sagemaker import SageMakerLLM
+from rag.adapters.llm.stream import SseDecoder, TextStream
+from rag.domain.errors import BadRequest, ModelError, UpstreamTimeout
+from rag.domain.ports import GenerationParams
+from rag.domain.stops import StopFilter
 from tests.fakes.tgi_server import Fault, TgiServer, fixed, model_stream_error, payload_part
 
 PARAMS = GenerationParams(max_new_tokens=64, temperature=0.0, top_p=1.0, stop=("### Instruction:",))

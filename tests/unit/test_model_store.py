@@ -12,8 +12,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from rag.model_store import ModelAssetError, fetch_asset, resolve_model_dirs
-from rag.onnx_models import OnnxCrossEncoder, OnnxEmbedder
+from rag.adapters.model_store import ModelAssetError, fetch_asset, resolve_model_dirs
+from rag.adapters.onnx_models import OnnxCrossEncoder, OnnxEmbedder
 from tests.tiny_models import build_cross_encoder, build_embedder
 
 BUCKET = "model-assets"

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from rag.errors import BadRequest
-from rag.models import (
+from rag.domain.errors import BadRequest
+from rag.domain.models import (
     ContextChunk,
     Filters,
     RagRequest,

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.onnx_models import ModelLoadError, OnnxCrossEncoder, OnnxEmbedder
+from rag.adapters.onnx_models import ModelLoadError, OnnxCrossEncoder, OnnxEmbedder
+from rag.domain.ports import EMBEDDING_DIM
 from tests.tiny_models import (
-    EMBEDDING_DIM,
     build_embedder,
     tiny_embedder_dir,
     tiny_reranker_dir,

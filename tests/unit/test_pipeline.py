@@ -11,11 +11,18 @@ from dataclasses import replace
 
 import pytest
 
-from rag import pipeline
-from rag.errors import BadRequest, ModelError, ModelUnavailable, UpstreamError
-from rag.models import GenerationRequest, RagRequest, RetrieveRequest
-from rag.ports import Chunk
-from rag.prompt import NO_CONTEXT_NOTE
+from rag.domain import pipeline
+from rag.domain.answering import NO_LLM_RETRY_AFTER_S
+from rag.domain.errors import (
+    BadRequest,
+    ModelError,
+    ModelUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from rag.domain.models import GenerationRequest, RagRequest, RetrieveRequest
+from rag.domain.ports import Chunk
+from rag.domain.prompt import NO_CONTEXT_NOTE
 from tests.fakes.memory import (
     SAMPLE_CHUNKS,
     FailingSink,
@@ -379,7 +386,12 @@ def test_generation_uses_profile_defaults_overridden_by_the_request() -> None:
 
     assert world.llm is not None
     default, custom = (c.params for c in world.llm.calls_for("generate"))
-    assert (default.max_new_tokens, default.temperature, default.top_p) == (512, 0.7, 0.9)
+    profile = world.deps.profile.generation
+    assert (default.max_new_tokens, default.temperature, default.top_p) == (
+        profile.max_new_tokens,
+        profile.temperature,
+        profile.top_p,
+    )
     assert (custom.max_new_tokens, custom.temperature, custom.top_p) == (64, 0.2, 0.9)
     assert "### Instruction:" in default.stop
 
@@ -433,7 +445,7 @@ def test_rag_without_an_llm_is_model_unavailable_saying_how_to_configure_one() -
         pipeline.answer(RagRequest(query="RAG"), world.deps)
 
     assert raised.value.code == "llm_not_configured"
-    assert raised.value.retry_after_s == pipeline.NO_LLM_RETRY_AFTER_S
+    assert raised.value.retry_after_s == NO_LLM_RETRY_AFTER_S
     assert "LLM_URL" in raised.value.message
     assert "LLM_ENDPOINT" in raised.value.message
     event = only_event(world.sink)
@@ -550,7 +562,7 @@ class SteppingClock:
     """Monotonic time that advances `step_s` every time it is read: a slow request, no sleeping."""
 
     def __init__(self, step_s: float) -> None:
-        from rag.trace import SystemClock
+        from rag.domain.trace import SystemClock
 
         self._wall = SystemClock()
         self._t = 0.0
@@ -577,7 +589,7 @@ def test_without_a_request_budget_generation_gets_the_configured_read_timeout() 
 def test_generation_gets_what_the_request_budget_has_left() -> None:
     from dataclasses import replace
 
-    from rag.budget import worst_case_call_s, worst_case_send_s
+    from rag.domain.budget import worst_case_call_s, worst_case_send_s
 
     # Given a 27 s budget and a clock that says each step of the request took a second
     world = fake_world(
@@ -601,7 +613,7 @@ def test_no_time_left_to_generate_is_a_504_not_a_killed_lambda() -> None:
 
     world = fake_world(env={"REQUEST_BUDGET_S": "12"})
     deps = replace(world.deps, clock=SteppingClock(step_s=1.0))
-    with pytest.raises(pipeline.UpstreamTimeout) as raised:
+    with pytest.raises(UpstreamTimeout) as raised:
         pipeline.answer(RagRequest(query="RAG", expand=False, author="Paul"), deps)
     assert raised.value.code == "request_budget_exhausted"
     assert raised.value.status == 504

@@ -21,6 +21,7 @@ from moto import mock_aws
 from qdrant_client import QdrantClient
 from qdrant_client.http.models import Distance, VectorParams
 
+from rag.domain.ports import COLLECTIONS
 from stacks.config import DeploymentConfig, ModelConfig, load_model_config
 from tests.fakes.fake_aws_apis import FakeQuota, FakeServiceQuotas
 from tests.fakes.fake_hub import GRANTED_TOKEN, UNGRANTED_TOKEN, FakeHub, serve
@@ -359,14 +360,8 @@ def test_missing_secret_fails_with_how_to_create_it(aws: boto3.Session) -> None:
 # --- Qdrant ------------------------------------------------------------------------------------
 
 
-def test_qdrant_constants_match_the_pipeline() -> None:
-    from rag.ports import COLLECTIONS
-
-    assert preflight.QDRANT_COLLECTIONS == COLLECTIONS
-
-
 def test_qdrant_with_the_three_384d_collections_passes() -> None:
-    client = qdrant_with(dict.fromkeys(preflight.QDRANT_COLLECTIONS, 384))
+    client = qdrant_with(dict.fromkeys(COLLECTIONS, 384))
     assert check_qdrant(client, "http://q:6333").status == "PASS"
 
 
@@ -408,7 +403,7 @@ def run_main(
 
 
 def test_passing_config_exits_zero(aws: boto3.Session, fake_hub: tuple[FakeHub, HfHub]) -> None:
-    qdrant = qdrant_with(dict.fromkeys(preflight.QDRANT_COLLECTIONS, 384))
+    qdrant = qdrant_with(dict.fromkeys(COLLECTIONS, 384))
     code, text = run_main(aws, fake_hub[1], "twin-llama-3.1-8b", G5_2XL, qdrant)
     assert code == 0, text
     assert [line.split()[0] for line in text.splitlines()[:-1]] == ["PASS"] * 4 + ["SKIP"] + [

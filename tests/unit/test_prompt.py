@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from rag.errors import BadRequest
-from rag.prompt import (
+from rag.domain.errors import BadRequest
+from rag.domain.prompt import (
     ALPACA_PREAMBLE,
     CONVERSATION_NOTE,
     CUT_MARK,

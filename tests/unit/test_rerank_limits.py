@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from rag import pipeline
-from rag.models import RetrieveRequest
-from rag.onnx_models import OnnxCrossEncoder
-from rag.ports import COLLECTIONS
+from rag.adapters.onnx_models import OnnxCrossEncoder
+from rag.domain import pipeline
+from rag.domain.models import RetrieveRequest
+from rag.domain.ports import COLLECTIONS
 from rag.settings import (
     DEFAULT_RERANK_MAX_CANDIDATES,
     DEFAULT_RERANK_MAX_LENGTH,

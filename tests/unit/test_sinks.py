@@ -17,8 +17,7 @@ import pytest
 from aws_lambda_powertools import Logger
 from moto import mock_aws
 
-from rag.settings import Settings
-from rag.sinks import (
+from rag.adapters.trace_sinks import (
     METRIC_SAMPLED_OUT,
     METRIC_SEND_FAILED,
     METRIC_TRIMMED,
@@ -30,8 +29,9 @@ from rag.sinks import (
     SqsTraceSink,
     build_sink,
     encode_for_sqs,
-    keyed_digest,
 )
+from rag.domain.trace_policy import keyed_digest
+from rag.settings import Settings
 from tests.fakes.opik_recorder import make_trace_event
 
 LOG_STREAM = io.StringIO()

@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from rag import pipeline
-from rag.models import RagRequest, RetrieveRequest
-from rag.prompt import sanitize_text
+from rag.adapters.trace_sinks import build_sink
+from rag.domain import pipeline
+from rag.domain.models import RagRequest, RetrieveRequest
+from rag.domain.prompt import sanitize_text
 from rag.settings import Settings, SettingsError
-from rag.sinks import build_sink
 from tests.fakes.memory import ScriptedLLM, fake_world
 
 # A query whose sanitised form (the one placed in the prompt) differs from what was sent: CRLF

@@ -6,7 +6,7 @@ deployed numbers line up.
 
 from __future__ import annotations
 
-# --- SageMaker / TGI calls (rag.llm) ---------------------------------------------------------
+# --- SageMaker / TGI calls (rag.adapters.llm) -------------------------------------------------
 MAX_ATTEMPTS = 2
 """botocore total attempts per invoke: one retry for fast, transient failures."""
 FAST_FAILURE_S = 2.0
@@ -16,7 +16,7 @@ RETRY_BACKOFF_MAX_S = 1.0
 ADAPTIVE_WAIT_MAX_S = 2.0
 """botocore adaptive mode token bucket: minimum fill rate 0.5 token/s, so at most 2 s per send."""
 
-# --- the trace send to SQS (rag.sinks), after the answer, still on the request path -----------
+# --- the trace send to SQS (rag.adapters.trace_sinks), after the answer, on the request path ---
 SQS_CONNECT_TIMEOUT_S = 0.5
 SQS_READ_TIMEOUT_S = 1.0
 SQS_MAX_ATTEMPTS = 2
@@ -26,6 +26,13 @@ SQS_RETRY_BACKOFF_MAX_S = 1.0
 DEFAULT_GENERATION_TOKENS_PER_S = 30.0
 """Decode speed assumed when sizing a buffered generation, in tokens per second per request:
 an 8B model in bf16 on one A10G (ml.g5.2xlarge) under TGI decodes ~30 tokens/s."""
+
+INVOCATION_MARGIN_S = 1.0
+"""Kept back from the invocation's remaining time for the response and Lambda's own overhead."""
+
+DEFAULT_STREAM_BUDGET_S = 300.0
+"""Five minutes: a 2048-token answer at ~35 tokens/s (8B on one A10G) takes about one; API
+Gateway allows a stream 15 minutes (and 5 idle), the Lambda timeout is set just above this."""
 
 MIN_GENERATION_S = 2.0
 """Below this much time left, a generation could not produce a useful answer: 504 instead."""
@@ -43,6 +50,15 @@ def worst_case_send_s() -> float:
     """Longest `SqsTraceSink.send` can hold the request: every attempt times out."""
     per_attempt = SQS_CONNECT_TIMEOUT_S + SQS_READ_TIMEOUT_S
     return SQS_MAX_ATTEMPTS * per_attempt + (SQS_MAX_ATTEMPTS - 1) * SQS_RETRY_BACKOFF_MAX_S
+
+
+def effective_budget_s(configured_s: float | None, time_left_s: float | None) -> float | None:
+    """The configured budget, never more than what the invocation has left less a margin, so a
+    first request that paid for the cold start still ends inside the Lambda timeout."""
+    if time_left_s is None:
+        return configured_s
+    left_s = time_left_s - INVOCATION_MARGIN_S
+    return left_s if configured_s is None else min(configured_s, left_s)
 
 
 def generation_timeout_s(

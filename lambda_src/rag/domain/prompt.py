@@ -27,8 +27,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from rag.errors import BadRequest
-from rag.ports import Chunk
+from rag.domain.errors import BadRequest
+from rag.domain.ports import Chunk
 
 PromptFormat = Literal["alpaca", "chat"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from rag.errors import ApiError
-from rag.ids import new_id
+from rag.domain.errors import ApiError
+from rag.domain.ids import new_id
 
 TRACE_SCHEMA = 1
 SpanType = Literal["llm", "general"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from rag.onnx_models import ModelLoadError, find_model_file
+from rag.adapters.onnx_models import ModelLoadError, find_model_file
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pydantic import (
     field_validator,
 )
 
-from rag.errors import BadRequest
+from rag.domain.errors import BadRequest
 
 MAX_QUERY_CHARS = 2000
 MAX_AUTHOR_CHARS = 200

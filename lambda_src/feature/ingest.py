@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from qdrant_client import QdrantClient, models
 
-from rag.chunking import RULES, Chunker, DocumentKind
-from rag.ports import Embedder
+from feature.chunking import RULES, Chunker, DocumentKind
+from rag.domain.ports import Embedder
 
 NAMESPACE = uuid.UUID("6f1c1c59-2a4e-4d0f-9a57-1f0c2b7f3e2a")
 """Fixed uuid5 namespace of this project's point, document and author ids: never change it."""

@@ -3,18 +3,20 @@
 final `Generation`; and the stop-sequence filter that keeps a stop sequence out of the text even
 when the model produces it across several tokens.
 
-Pure functions and small classes on bytes and dicts: `rag.llm` feeds them from urllib3 or botocore.
+Pure functions and small classes on bytes and dicts: `rag.adapters.llm.http` feeds them from
+urllib3, `rag.adapters.llm.sagemaker` from botocore.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rag.errors import ApiError, ModelError
-from rag.ports import Generation
+from rag.adapters.llm.protocol import error_for_status  # one mapping, buffered and streamed
+from rag.domain.errors import ApiError, ModelError
+from rag.domain.ports import Generation
 
 StreamKind = Literal["tgi", "chat", "completion"]
 """`tgi`: TGI /generate_stream StreamResponse; `chat`: ChatCompletionChunk; `completion`: Chunk."""
@@ -107,8 +109,6 @@ def stream_error(payload: dict[str, Any]) -> ApiError:
     """A TGI ErrorResponse, or an OpenAI-style error received inside the stream: vLLM's
     `{"error": {"message", "type", "param", "code"}}` (before 0.10 the same fields flat, with
     `"object": "error"`), whose `code` is the HTTP status it would have answered."""
-    from rag.llm import error_for_status  # one status mapping for buffered and streamed calls
-
     error = payload.get("error")
     kind = payload.get("error_type")
     openai = error if isinstance(error, dict) else payload if "error" not in payload else {}
@@ -178,46 +178,6 @@ def final_generation(text: str, state: StreamState) -> Generation:
         ),
         finish_reason=state.finish_reason,
     )
-
-
-class StopFilter:
-    """Lets text through until a stop sequence appears, holding back any tail that could be the
-    start of one (a stop sequence often arrives as several tokens: "###", " Instruction", ":").
-    TGI includes the matched stop sequence in its tokens; OpenAI servers do not: both end clean.
-    """
-
-    def __init__(self, stop: Sequence[str]) -> None:
-        self.stop = tuple(s for s in stop if s)
-        self._held = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        """The part of `text` (with what was held back) that is certainly not a stop sequence."""
-        if self.stopped:
-            return ""
-        held = self._held + text
-        cut = min((i for s in self.stop if (i := held.find(s)) >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            self._held = ""
-            return held[:cut]
-        keep = self._longest_stop_prefix_suffix(held)
-        self._held = held[len(held) - keep :] if keep else ""
-        return held[: len(held) - keep]
-
-    def flush(self) -> str:
-        """At the end of the stream: what was held back was not a stop sequence after all."""
-        held, self._held = ("" if self.stopped else self._held), ""
-        return held
-
-    def _longest_stop_prefix_suffix(self, text: str) -> int:
-        best = 0
-        for sequence in self.stop:
-            for n in range(min(len(sequence) - 1, len(text)), best, -1):
-                if sequence.startswith(text[-n:]):
-                    best = n
-                    break
-        return best
 
 
 class TextStream:

@@ -24,8 +24,8 @@ import numpy.typing as npt
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from rag.errors import UpstreamError, UpstreamTimeout
-from rag.ports import COLLECTIONS, Chunk, SearchResult
+from rag.domain.errors import UpstreamError, UpstreamTimeout
+from rag.domain.ports import COLLECTIONS, Chunk, SearchResult
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -14,10 +14,12 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from rag.llm_stream import TextStream
+    from rag.adapters.llm.stream import TextStream
 
 COLLECTIONS: tuple[str, ...] = ("embedded_articles", "embedded_posts", "embedded_repositories")
 """Qdrant collections written by the feature pipeline (DESIGN 3.2)."""
+EMBEDDING_DIM = 384
+"""The collections' vector size: all-MiniLM-L6-v2's output (tools/model_assets.json)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class Generation:
 class LLM(Protocol):
     """A TGI-protocol model: SageMaker /invocations or a TGI / OpenAI-compatible HTTP server.
 
-    Adapters raise `rag.errors.ApiError` subclasses (mapped per DESIGN 3.1), never raw
+    Adapters raise `rag.domain.errors.ApiError` subclasses (mapped per DESIGN 3.1), never raw
     botocore / HTTP exceptions.
     """
 
