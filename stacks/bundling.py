@@ -214,7 +214,7 @@ class ModelBundle:
                     f"model folder {source} is missing: run `make models` (downloads the pinned "
                     f"models from the Hugging Face Hub) or set -c {name}_model_dir=<folder>"
                 )
-        # The Lambda downloads the zip to /tmp and extracts it beside it (rag.model_store);
+        # The Lambda downloads the zip to /tmp and extracts it beside it (rag.adapters.model_store);
         # ONNX weights barely compress, so the peak is about twice the models.
         peak = 2 * sum(directory_size(source) for _, source in sources)
         if peak > LAMBDA_TMP_BYTES:
