@@ -2,9 +2,10 @@
 
 Prints one markdown table (also written to build/bench.md) with the machine and the date: cold
 init, warm per-request overhead per stage at 1k and 10k points, the LLM helpers' place on the
-critical path, ingest throughput, bundle sizes, a load run of the local server, and, when
-`.venv-baseline` exists (`make bench-baseline`), the LLM Engineer's Handbook's way of doing the
-same stages in the same run. It prints numbers and asserts nothing (DESIGN 5: tests never time).
+critical path, ingest throughput, bundle sizes, a load run of the local server, the business
+Lambda's cost per request at each memory size (tools.lambda_memory), and, when `.venv-baseline`
+exists (`make bench-baseline`), the LLM Engineer's Handbook's way of doing the same stages on the
+same number of rerank candidates in the same run. It prints numbers and asserts nothing (DESIGN 5: tests never time).
 
 Models: the embedding model from $RAG_BENCH_EMBEDDING_MODEL_DIR, else build/models/embedding
 (`make models`), else a sibling ../shared/models/all-MiniLM-L6-v2-onnx when one exists; the
