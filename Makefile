@@ -15,7 +15,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)/lambda_src:$(CURDIR)
 
 .PHONY: help install checkov-venv browser test lint unit synth synth-offline package deploy destroy preflight redrive-traces cost pin stage-weights local ingest \
-        models bench bench-baseline e2e eval clean
+        models bench bench-baseline bench-edge e2e eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -132,6 +132,9 @@ TORCH_SOURCE := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),,--extra-ind
 
 bench: install ## benchmark table (cold init, warm overhead, critical path, ingest, bundles, load, baseline)
 	$(PY) -m tools.bench $(if $(QUICK),--quick,)
+
+bench-edge: install ## local mode's embedded store: Qdrant Edge against qdrant-client local mode, 10k and 100k points
+	$(PY) -m tools.edge_bench
 
 bench-baseline: ## create .venv-baseline (torch CPU + sentence-transformers): make bench's Handbook columns
 	@test -x $(BASELINE_VENV)/bin/python || $(PYTHON) -m venv $(BASELINE_VENV)

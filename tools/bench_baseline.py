@@ -5,7 +5,10 @@ JSON task on stdin, prints one JSON result line. Not part of the product; stdlib
 
 What it does, as the Handbook's retrieval code does it: self-query, then query expansion (one LLM
 call after the other), then for each query `SentenceTransformer.encode` (one call per query) and
-a Qdrant search per collection, then `CrossEncoder.predict` on every candidate.
+a Qdrant search per collection, then `CrossEncoder.predict`. Same work as ours: the cross-encoder
+scores the same number of candidates (the best `rerank_candidates` by vector score, the task's
+count from our settings) truncated to the same `rerank_max_length` tokens; the Handbook itself
+reranks every candidate.
 
 The weights: ../shared/models holds ONNX + tokenizer only, and sentence-transformers' own ONNX
 backend would run onnxruntime (our stack, not the Handbook's). So the ONNX initializers are
@@ -190,7 +193,13 @@ def llm_call(url: str, prompt: str) -> None:
 
 
 def retrieve(
-    embedder: Any, cross: Any, client: Any, queries: list[str], author: str | None, k: int
+    embedder: Any,
+    cross: Any,
+    client: Any,
+    queries: list[str],
+    author: str | None,
+    k: int,
+    rerank_candidates: int,
 ) -> tuple[dict[str, float], list[str]]:
     from qdrant_client import models
 
@@ -214,7 +223,9 @@ def retrieve(
                 if str(p.id) not in best or p.score > best[str(p.id)][0]:
                     best[str(p.id)] = (p.score, str((p.payload or {}).get("content", "")))
     t2 = time.perf_counter()
-    candidates = [content for _, content in sorted(best.values(), key=lambda x: -x[0])]
+    found = len(best)
+    ranked = sorted(best.values(), key=lambda x: -x[0])
+    candidates = [content for _, content in ranked[:rerank_candidates]]
     if candidates:
         scores = cross.predict([(queries[0], c) for c in candidates])
         order = sorted(range(len(candidates)), key=lambda i: -float(scores[i]))
@@ -223,7 +234,8 @@ def retrieve(
         top = []
     t3 = time.perf_counter()
     timings = {"embed": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3, "rerank": (t3 - t2) * 1e3}
-    timings["candidates"] = float(len(candidates))
+    timings["candidates"] = float(found)
+    timings["scored"] = float(len(candidates))
     return timings, top
 
 
@@ -239,17 +251,20 @@ def main() -> int:
     result: dict[str, Any] = {"cold": cold(embedding, reranker, task["cold_runs"])}
 
     embedder = SentenceTransformer(str(embedding), device="cpu")
-    cross = CrossEncoder(str(reranker), device="cpu")
-    k = int(task["k"])
+    cross = CrossEncoder(str(reranker), device="cpu", max_length=int(task["rerank_max_length"]))
+    k, rerank_candidates = int(task["k"]), int(task["rerank_candidates"])
     result["warm"] = {}
     for points, path in task["stores"].items():
         client = QdrantClient(path=path)
         stages: dict[str, list[float]] = {"embed": [], "search": [], "rerank": [], "total": []}
         candidates: list[float] = []
+        scored: list[float] = []
         requests = task["requests"]
         for i, req in enumerate(requests[: task["warmup"]] + requests):
             start = time.perf_counter()
-            timings, _ = retrieve(embedder, cross, client, req["queries"], req["author"], k)
+            timings, _ = retrieve(
+                embedder, cross, client, req["queries"], req["author"], k, rerank_candidates
+            )
             total = (time.perf_counter() - start) * 1e3
             if i < task["warmup"]:
                 continue
@@ -257,8 +272,10 @@ def main() -> int:
                 stages[name].append(timings[name])
             stages["total"].append(total)
             candidates.append(timings["candidates"])
+            scored.append(timings["scored"])
         client.close()
         stages["candidates"] = candidates
+        stages["scored"] = scored
         result["warm"][points] = stages
 
     # Critical path: self-query, then expansion, then retrieval, then generation would start.
@@ -270,7 +287,7 @@ def main() -> int:
         llm_call(task["llm_url"], f"Extract the author of: {req['queries'][0]}")
         llm_call(task["llm_url"], f"Write 2 other versions of: {req['queries'][0]}")
         retrieval_start = time.perf_counter()
-        retrieve(embedder, cross, client, req["queries"], None, k)
+        retrieve(embedder, cross, client, req["queries"], None, k, rerank_candidates)
         if i:
             to_generate.append((time.perf_counter() - start) * 1e3)
             to_retrieve.append((retrieval_start - start) * 1e3)
@@ -294,7 +311,9 @@ def main() -> int:
         f"the ONNX file into safetensors ({parity}); CrossEncoder = the same 6-layer BERT with a "
         "fresh pooler + 1-logit head (the same stand-in as ours); same Qdrant stores, same queries; "
         "stages one after another, one encode call per query, one query_points call per query "
-        "and collection, every candidate reranked; helpers over HTTP one after the other."
+        f"and collection, the best {rerank_candidates} candidates by vector score reranked (the same "
+        f"count as ours; the Handbook reranks every candidate) at max_length "
+        f"{task['rerank_max_length']}; helpers over HTTP one after the other."
     )
     result["rss_mb_end"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["pid"] = os.getpid()

@@ -54,9 +54,10 @@ GENERATION_TOKENS_PER_S = DEFAULT_GENERATION_TOKENS_PER_S
 # What a buffered answer may spend end to end; the generation call gets what retrieval left of
 # it (rag.domain.budget.generation_timeout_s). 2 s under API Gateway's classic 29 s.
 REQUEST_BUDGET_S = API_GATEWAY_TIMEOUT_S - 2
-# 2048 MB gives Lambda ~1.2 vCPU: embedding + reranking dominate the warm overhead and scale
-# with CPU, and the two ONNX models and their arenas need ~600 MB resident.
-BUSINESS_MEMORY_MB = 2048
+# The cheapest size per request that holds peak RSS (~1.0 GB) + 20 % (make bench, README
+# "Performance"): below 1769 MB (one vCPU) a CPU-bound request stretches as its GB shrink, so
+# its GB-s stay flat, while the time spent waiting for the model costs less per second.
+BUSINESS_MEMORY_MB = 1280
 ONNX_THREADS = 1
 MAX_BODY_BYTES = 16 * 1024
 STAGE = "v1"

@@ -39,7 +39,7 @@ def test_business_lambda_defaults(synth):
     fn = _functions(synth()["api"])["llm-twin-rag"]
     assert fn["Runtime"] == "python3.13"
     assert fn["Architectures"] == ["x86_64"]
-    assert fn["MemorySize"] == 2048
+    assert fn["MemorySize"] == 1280
     assert fn["Timeout"] == rag_api.LAMBDA_TIMEOUT_S
     assert fn["TracingConfig"] == {"Mode": "Active"}
     assert fn["LoggingConfig"]["LogFormat"] == "JSON"
