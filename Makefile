@@ -14,16 +14,19 @@ CDK_CONTEXT := $(if $(MODEL),-c model=$(MODEL),)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)/lambda_src:$(CURDIR)
 
-.PHONY: help install checkov-venv browser test lint unit synth synth-offline package deploy destroy preflight redrive-traces cost pin stage-weights local ingest \
+.PHONY: help install checkov-venv lock browser test lint unit synth synth-offline package deploy destroy preflight redrive-traces cost pin stage-weights local ingest \
         models bench bench-baseline e2e eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt lambda_src/requirements.txt lambda_src/requirements-forwarder.txt
+# Every environment installs from a lock with hashes (pip's hash-checking mode): the *.in files
+# are edited by hand, `make lock` writes the *.txt locks from them. --no-deps: a lock is the whole
+# closure (pip would otherwise ask for a requirement with extras, e.g. opik's
+# boto3-stubs[bedrock-runtime], pinned on its own).
+$(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.txt
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json | $(VENV)/.installed
@@ -49,10 +52,24 @@ CHECKOV_VENV := .venv-checkov
 # checkov pins boto3 (and more) exactly, against requirements.txt: its own venv, templates only.
 $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-checkov.txt
 	@touch $@
 
 checkov-venv: $(CHECKOV_VENV)/.installed ## install checkov into .venv-checkov (make test runs it on the templates)
+
+# The venvs' locks are universal (any OS, CPython >= 3.11). The Lambda locks resolve for the
+# runtime's Python on manylinux (no markers left for the build machine to evaluate); they carry
+# the hashes of every wheel of each pinned release, so one lock serves x86_64 and arm64. They take
+# the versions the venv has (--constraint): the tests run what the Lambdas ship.
+LOCK := $(VENV)/bin/uv pip compile --quiet --generate-hashes --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade,)
+LAMBDA_LOCK = $(LOCK) --constraint requirements.txt --python-version $$($(PY) -c 'from stacks.bundling import RUNTIME_PYTHON as v; print(v)') --python-platform x86_64-manylinux_2_28
+lock: $(VENV)/.installed ## refresh every *.txt lock from its *.in (keeps current pins; UPGRADE=1 takes the newest)
+	$(LOCK) --universal --python-version 3.11 requirements.in -o requirements.txt
+	$(LOCK) --universal --python-version 3.11 requirements-checkov.in -o requirements-checkov.txt
+	$(LAMBDA_LOCK) lambda_src/requirements.in -o lambda_src/requirements.txt
+	$(LAMBDA_LOCK) lambda_src/requirements-authorizer.in -o lambda_src/requirements-authorizer.txt
+	@# the forwarder's list is its whole closure by hand (opik's declared dependencies do not fit)
+	$(LAMBDA_LOCK) --no-deps lambda_src/requirements-forwarder.in -o lambda_src/requirements-forwarder.txt
 
 # The chat page's browser test needs Debian's chromium + chromium-driver: installed where apt
 # exists, a no-op once /usr/bin/chromium is there; elsewhere that test is skipped with the reason.
