@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from tools.fetch_models import SOURCE_FILE, load_lock
 REPO = Path(__file__).resolve().parent.parent
 LAMBDA_SRC = REPO / "lambda_src"
 RUNTIME_PYTHON = "3.13"
+LAMBDA_TASK_ROOT = "/var/task"
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
 # Provided by the Lambda Python runtime; bundling them only adds size (and version skew).
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
@@ -100,9 +102,17 @@ def compile_bytecode(target: Path, python_version: str = RUNTIME_PYTHON) -> bool
             "0",
             "--invalidation-mode",
             "unchecked-hash",
+            # Source paths as Lambda sees them (the code is unpacked in LAMBDA_TASK_ROOT), not
+            # this build's temporary folder: right tracebacks, and the same bytes every build.
+            "-s",
+            str(target),
+            "-p",
+            LAMBDA_TASK_ROOT,
             str(target),
         ],
         check=True,
+        # Sets of strings are marshalled in hash order: one seed, one order.
+        env={**os.environ, "PYTHONHASHSEED": "0"},
     )
     return True
 

@@ -16,7 +16,15 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from stacks.bundling import LAMBDA_SRC, ModelBundle, pip_target_command
+from stacks.bundling import (
+    LAMBDA_SRC,
+    LAMBDA_TASK_ROOT,
+    RUNTIME_PYTHON,
+    ModelBundle,
+    compile_bytecode,
+    pip_target_command,
+    runtime_interpreter,
+)
 from stacks.constructs.api_key_authorizer import AUTHORIZER_BUNDLE
 from stacks.constructs.rag_api import BUSINESS_BUNDLE
 from stacks.constructs.trace_pipeline import FORWARDER_BUNDLE
@@ -138,3 +146,22 @@ def test_model_fingerprint_reads_the_pinned_checksums_in_a_fetched_folder(tmp_pa
     lock["reranker"]["files"]["onnx/model.onnx"] = "b" * 64
     bundle.lock.write_text(json.dumps(lock))
     assert bundle.fingerprint() != pinned
+
+
+def test_byte_code_is_the_same_wherever_the_bundle_is_built(tmp_path):
+    """A .pyc records its source path (code.co_filename). Lambda unpacks the code in
+    LAMBDA_TASK_ROOT, /var/task ("Defined runtime environment variables", AWS Lambda Developer
+    Guide, https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html), so the byte
+    code names that path: the same bytes from any build folder, and tracebacks that point there."""
+    if runtime_interpreter() is None:
+        pytest.skip(f"no python{RUNTIME_PYTHON} here: bundles ship sources only")
+    source = "ROUTES = {'a', 'b', 'c', 'd'}\n\ndef fail():\n    raise ValueError(ROUTES)\n"
+    built = []
+    for folder in ("one", "elsewhere/two"):
+        (tmp_path / folder / "pkg").mkdir(parents=True)
+        (tmp_path / folder / "pkg" / "mod.py").write_text(source)
+        assert compile_bytecode(tmp_path / folder)
+        (pyc,) = (tmp_path / folder / "pkg" / "__pycache__").glob("mod.*.pyc")
+        built.append(pyc.read_bytes())
+    assert built[0] == built[1]
+    assert f"{LAMBDA_TASK_ROOT}/pkg/mod.py".encode() in built[0]
