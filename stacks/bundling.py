@@ -3,7 +3,8 @@
 Dependencies come from each Lambda's lock (lambda_src/requirements*.txt, written by `make lock`)
 in pip's hash-checking mode, as manylinux wheels for the Lambda runtime's Python and architecture
 (`pip --platform ... --only-binary=:all:`), so what is bundled is what Lambda runs whatever the
-build machine is, and the same bytes every time. boto3/botocore come with the Lambda runtime and are removed from the bundle.
+build machine is, and the same bytes every time. boto3/botocore come with the Lambda runtime and
+are removed from the bundle.
 Byte code is compiled with the runtime's own Python when this machine has it, so the first
 import in Lambda does not pay for compilation (and cannot: the code directory is read-only).
 """
