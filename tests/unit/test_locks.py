@@ -11,6 +11,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -131,7 +132,7 @@ def test_model_fingerprint_reads_the_pinned_checksums_in_a_fetched_folder(tmp_pa
     were verified against the lock) is fingerprinted by the lock's sha256s: re-pinning a model
     changes the asset hash; a folder from elsewhere, without source.json, is read instead."""
     bundle = _model_folders(tmp_path)
-    lock = {
+    lock: dict[str, dict[str, Any]] = {
         name: {"repo": f"org/{name}", "revision": "c" * 40, "files": {"onnx/model.onnx": "a" * 64}}
         for name in ("embedding", "reranker")
     }
