@@ -14,16 +14,19 @@ CDK_CONTEXT := $(if $(MODEL),-c model=$(MODEL),)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)/lambda_src:$(CURDIR)
 
-.PHONY: help install checkov-venv browser test lint unit synth synth-offline package deploy destroy preflight redrive-traces cost pin stage-weights local ingest \
+.PHONY: help install checkov-venv lock browser test lint unit test-unit test-infra test-integration synth synth-offline package deploy destroy preflight redrive-traces cost pin stage-weights local ingest \
         models bench bench-baseline bench-edge e2e eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt lambda_src/requirements.txt lambda_src/requirements-forwarder.txt
+# Every environment installs from a lock with hashes (pip's hash-checking mode): the *.in files
+# are edited by hand, `make lock` writes the *.txt locks from them. --no-deps: a lock is the whole
+# closure (pip would otherwise ask for a requirement with extras, e.g. opik's
+# boto3-stubs[bedrock-runtime], pinned on its own).
+$(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.txt
 	@touch $@
 
 node_modules/.installed: package.json package-lock.json | $(VENV)/.installed
@@ -32,27 +35,52 @@ node_modules/.installed: package.json package-lock.json | $(VENV)/.installed
 
 install: $(VENV)/.installed node_modules/.installed ## install Python (.venv) and the pinned CDK CLI
 
-lint: $(VENV)/.installed ## ruff + mypy
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+lint: $(VENV)/.installed ## ruff, ruff format, mypy, lock freshness: the hooks of .pre-commit-config.yaml
+	$(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
 
-unit: install ## the test suite only
+unit: install ## every test tier (no lint, no synth)
 	$(PY) -m pytest -q
 
-synth-offline: install ## cdk synth through the pinned CLI with no network and no credentials
+test-unit: install ## unit tests only (tests/unit): in-process, no servers, no templates
+	$(PY) -m pytest -q tests/unit
+
+test-infra: install checkov-venv ## infrastructure tests (tests/infrastructure): templates, cdk-nag, cfn-lint, checkov
+	$(PY) -m pytest -q tests/infrastructure
+
+test-integration: install browser ## integration tests (tests/integration): fakes over loopback, bundles, browser
+	$(PY) -m pytest -q tests/integration
+
+# No network through `unshare -rn` (a user and network namespace) where the kernel allows one;
+# elsewhere (macOS, namespaces off) the synth still runs without credentials, with a note.
+synth-offline: install ## cdk synth through the pinned CLI with no network (where unshare works) and no credentials
+	@if unshare -rn true 2>/dev/null; then isolate="unshare -rn"; else isolate=""; \
+	  echo "synth-offline: no unshare here: synthesizing without credentials, network not cut"; fi; \
 	env -u AWS_PROFILE -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY AWS_EC2_METADATA_DISABLED=true \
-	  unshare -rn $(CDK) synth --quiet --no-notices --no-version-reporting $(CDK_CONTEXT) \
+	  $$isolate $(CDK) synth --quiet --no-notices --no-version-reporting $(CDK_CONTEXT) \
 	  -c bundle=false -o build/cdk.out.offline
 
 CHECKOV_VENV := .venv-checkov
 # checkov pins boto3 (and more) exactly, against requirements.txt: its own venv, templates only.
 $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements-checkov.txt
 	@touch $@
 
 checkov-venv: $(CHECKOV_VENV)/.installed ## install checkov into .venv-checkov (make test runs it on the templates)
+
+# The venvs' locks are universal (any OS, CPython >= 3.11). The Lambda locks resolve for the
+# runtime's Python on manylinux (no markers left for the build machine to evaluate); they carry
+# the hashes of every wheel of each pinned release, so one lock serves x86_64 and arm64. They take
+# the versions the venv has (--constraint): the tests run what the Lambdas ship.
+LOCK := $(VENV)/bin/uv pip compile --quiet --generate-hashes --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade,)
+LAMBDA_LOCK = $(LOCK) --constraint requirements.txt --python-version $$($(PY) -c 'from stacks.bundling import RUNTIME_PYTHON as v; print(v)') --python-platform x86_64-manylinux_2_28
+lock: $(VENV)/.installed ## refresh every *.txt lock from its *.in (keeps current pins; UPGRADE=1 takes the newest)
+	$(LOCK) --universal --python-version 3.11 requirements.in -o requirements.txt
+	$(LOCK) --universal --python-version 3.11 requirements-checkov.in -o requirements-checkov.txt
+	$(LAMBDA_LOCK) lambda_src/requirements.in -o lambda_src/requirements.txt
+	$(LAMBDA_LOCK) lambda_src/requirements-authorizer.in -o lambda_src/requirements-authorizer.txt
+	@# the forwarder's list is its whole closure by hand (opik's declared dependencies do not fit)
+	$(LAMBDA_LOCK) --no-deps lambda_src/requirements-forwarder.in -o lambda_src/requirements-forwarder.txt
 
 # The chat page's browser test needs Debian's chromium + chromium-driver: installed where apt
 # exists, a no-op once /usr/bin/chromium is there; elsewhere that test is skipped with the reason.

@@ -1,8 +1,10 @@
 """Lambda code and model assets, bundled on the deployer's machine (no Docker).
 
-Dependencies come as manylinux wheels for the Lambda runtime's Python and architecture
+Dependencies come from each Lambda's lock (lambda_src/requirements*.txt, written by `make lock`)
+in pip's hash-checking mode, as manylinux wheels for the Lambda runtime's Python and architecture
 (`pip --platform ... --only-binary=:all:`), so what is bundled is what Lambda runs whatever the
-build machine is. boto3/botocore come with the Lambda runtime and are removed from the bundle.
+build machine is, and the same bytes every time. boto3/botocore come with the Lambda runtime and
+are removed from the bundle.
 Byte code is compiled with the runtime's own Python when this machine has it, so the first
 import in Lambda does not pay for compilation (and cannot: the code directory is read-only).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,10 +25,13 @@ import jsii
 from aws_cdk import BundlingOptions, DockerImage, ILocalBundling
 
 from stacks.config import LambdaArchitecture
+from tools.fetch_models import DEFAULT_LOCK as MODEL_LOCK
+from tools.fetch_models import SOURCE_FILE, load_lock
 
 REPO = Path(__file__).resolve().parent.parent
 LAMBDA_SRC = REPO / "lambda_src"
 RUNTIME_PYTHON = "3.13"
+LAMBDA_TASK_ROOT = "/var/task"
 PLATFORMS: dict[LambdaArchitecture, tuple[str, ...]] = {
     "x86_64": ("manylinux2014_x86_64", "manylinux_2_28_x86_64"),
     "arm64": ("manylinux2014_aarch64", "manylinux_2_28_aarch64"),
@@ -44,9 +50,11 @@ def pip_target_command(
     target: Path,
     *,
     architecture: LambdaArchitecture,
-    no_deps: bool = False,
     python_version: str = RUNTIME_PYTHON,
 ) -> list[str]:
+    """Install exactly the lock: every file checked against its hash (--require-hashes) and no
+    dependency resolved beyond it (--no-deps: the lock is the whole closure; the forwarder's is
+    hand-listed, smaller than what opik declares). No --upgrade: the lock decides versions."""
     command = [
         sys.executable,
         "-m",
@@ -56,6 +64,8 @@ def pip_target_command(
         "--disable-pip-version-check",
         "--requirement",
         str(requirements),
+        "--require-hashes",
+        "--no-deps",
         "--target",
         str(target),
         "--implementation",
@@ -64,12 +74,9 @@ def pip_target_command(
         python_version,
         "--only-binary=:all:",
         "--no-compile",
-        "--upgrade",
     ]
     for platform in PLATFORMS[architecture]:
         command += ["--platform", platform]
-    if no_deps:
-        command.append("--no-deps")
     return command
 
 
@@ -108,9 +115,17 @@ def compile_bytecode(target: Path, python_version: str = RUNTIME_PYTHON) -> bool
             "0",
             "--invalidation-mode",
             "unchecked-hash",
+            # Source paths as Lambda sees them (the code is unpacked in LAMBDA_TASK_ROOT), not
+            # this build's temporary folder: right tracebacks, and the same bytes every build.
+            "-s",
+            str(target),
+            "-p",
+            LAMBDA_TASK_ROOT,
             str(target),
         ],
         check=True,
+        # Sets of strings are marshalled in hash order: one seed, one order.
+        env={**os.environ, "PYTHONHASHSEED": "0"},
     )
     return True
 
@@ -134,8 +149,8 @@ class PythonBundle:
     """One Lambda's bundle: its runtime requirements plus its own packages from lambda_src/."""
 
     requirements: Path
+    """The lock (with hashes) of the Lambda's runtime dependencies."""
     packages: Sequence[str]
-    no_deps: bool = False
     exclude: Sequence[str] = ()
     """Globs (relative to the bundle root) of installed files the code never imports."""
 
@@ -146,9 +161,7 @@ class PythonBundle:
             f"pip install -r {self.requirements.name}",
             file=sys.stderr,
         )
-        command = pip_target_command(
-            self.requirements, target, architecture=architecture, no_deps=self.no_deps
-        )
+        command = pip_target_command(self.requirements, target, architecture=architecture)
         subprocess.run(command, check=True)  # noqa: S603 - fixed argv, no shell
         remove_runtime_provided(target)
         for pattern in self.exclude:
@@ -177,7 +190,6 @@ class PythonBundle:
             json.dumps(
                 [
                     self.packages,
-                    self.no_deps,
                     self.exclude,
                     RUNTIME_PYTHON,
                     PLATFORMS[architecture],
@@ -205,6 +217,8 @@ class ModelBundle:
 
     embedding_dir: Path
     reranker_dir: Path
+    lock: Path = MODEL_LOCK
+    """tools/model_assets.json: the models' repos, commits and file checksums."""
 
     def build(self, target: Path) -> None:
         sources = (("embedding", self.embedding_dir), ("reranker", self.reranker_dir))
@@ -232,15 +246,33 @@ class ModelBundle:
         )
 
     def fingerprint(self) -> str:
+        """What the folders hold, not when they were written: each file's sha256. For a folder
+        `make models` fetched (and verified) at the commit the model lock pins, the lock's
+        checksums stand for the files it lists; any other file is read (a folder given by
+        context, source.json, a lock not pinned yet)."""
         digest = hashlib.sha256()
-        for folder in (self.embedding_dir, self.reranker_dir):
+        for name, folder in (("embedding", self.embedding_dir), ("reranker", self.reranker_dir)):
+            pinned = self._pinned_checksums(name, folder)
             for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
                 if path.is_file():
-                    stat = path.stat()
-                    digest.update(
-                        f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-                    )
+                    relative = path.relative_to(folder).as_posix()
+                    checksum = pinned.get(relative) or _sha256_of(path)
+                    digest.update(f"{name}/{relative}:{checksum}\n".encode())
         return digest.hexdigest()
+
+    def _pinned_checksums(self, name: str, folder: Path) -> dict[str, str]:
+        entry = load_lock(self.lock).get(name)
+        source = folder / SOURCE_FILE
+        if entry is None or not source.is_file():
+            return {}
+        if json.loads(source.read_text()) != {"repo": entry.repo, "revision": entry.revision}:
+            return {}
+        return {path: checksum for path, checksum in entry.files.items() if checksum}
+
+
+def _sha256_of(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @jsii.implements(ILocalBundling)

@@ -762,7 +762,7 @@ def proc_status(pid: int) -> dict[str, float]:
     return {"threads": fields["Threads"], "rss_mb": fields["VmRSS"] / 1024}
 
 
-def load_run(models: Models, qdrant_path: Path, seconds: float) -> dict[str, Any]:
+def load_run(models: Models, qdrant_path: Path, seconds: float) -> dict[str, Any]:  # noqa: C901 - counts its client closures; the server's lifetime in one with/try
     """N clients against the local server (loopback) for `seconds`, TGI fake at LOAD_DELAY_S."""
     import http.client
 

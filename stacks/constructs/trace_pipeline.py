@@ -33,10 +33,9 @@ least the hash output, 256 bits for SHA-256)."""
 
 FORWARDER_BUNDLE = PythonBundle(
     requirements=LAMBDA_SRC / "requirements-forwarder.txt",
+    # Its lock is hand-listed (opik's declared dependencies come to 392 MB, over Lambda's
+    # 250 MB; the REST client the forwarder uses imports none of them): see its .in file.
     packages=("forwarder",),
-    # opik's declared dependencies (litellm, openai, ...) come to 392 MB, over Lambda's 250 MB,
-    # and the REST client the forwarder uses imports none of them: the file lists all it needs.
-    no_deps=True,
 )
 
 

@@ -10,6 +10,7 @@ Needs PyPI (manylinux wheels for the runtime); skipped with the reason when it i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -120,3 +121,21 @@ def test_business_bundle_imports_on_the_runtime_python(built, architecture):
             f"*.cpython-{RUNTIME_PYTHON.replace('.', '')}.pyc"
         )
     )
+
+
+def _tree_digest(root: Path) -> str:
+    """What Lambda receives: every path, its executable bit and its bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root)}:{os.access(path, os.X_OK)}\n".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_business_bundle_is_the_same_bytes_when_built_again(built, tmp_path):
+    """The bundle installs its lock in pip's hash-checking mode (every wheel must match a
+    `--hash` of the lock: https://pip.pypa.io/en/stable/topics/secure-installs/) and compiles
+    byte code with unchecked-hash .pyc headers (no source mtime: PEP 552), so a second build
+    gives the same tree, and the asset hash (from the lock and sources) names one content."""
+    BUSINESS_BUNDLE.build(tmp_path)
+    assert _tree_digest(tmp_path) == _tree_digest(built["business"])
