@@ -132,10 +132,10 @@ def _tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def test_business_bundle_is_the_same_bytes_when_built_again(built, tmp_path):
+def test_business_bundle_is_the_same_bytes_when_built_again(built, architecture, tmp_path):
     """The bundle installs its lock in pip's hash-checking mode (every wheel must match a
     `--hash` of the lock: https://pip.pypa.io/en/stable/topics/secure-installs/) and compiles
     byte code with unchecked-hash .pyc headers (no source mtime: PEP 552), so a second build
     gives the same tree, and the asset hash (from the lock and sources) names one content."""
-    BUSINESS_BUNDLE.build(tmp_path)
+    BUSINESS_BUNDLE.build(tmp_path, architecture)
     assert _tree_digest(tmp_path) == _tree_digest(built["business"])

@@ -101,7 +101,7 @@ def test_bundling_installs_the_lock_in_hash_checking_mode_without_upgrading(tmp_
     """--require-hashes: a lock entry whose download differs fails the build (pip's docs above);
     --no-deps: the lock is the whole closure, pip adds nothing to it; no --upgrade, which would
     let pip's resolver, not the lock, pick versions."""
-    command = pip_target_command(BUSINESS_BUNDLE.requirements, tmp_path)
+    command = pip_target_command(BUSINESS_BUNDLE.requirements, tmp_path, architecture="x86_64")
     assert command[command.index("--requirement") + 1] == str(BUSINESS_BUNDLE.requirements)
     assert {"--require-hashes", "--no-deps", "--only-binary=:all:"} <= set(command)
     assert not {"--upgrade", "-U", "--upgrade-strategy"} & set(command)
