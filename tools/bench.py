@@ -189,7 +189,7 @@ def resolve_models(work: Path) -> Models:
     )
     log(message)
     sys.path.insert(0, str(REPO))
-    from tests.tiny_models import build_cross_encoder, build_embedder
+    from devkit.tiny_models import build_cross_encoder, build_embedder
 
     tiny = work / "tiny-models"
     build_embedder(tiny / "embedding")
@@ -263,7 +263,7 @@ def tgi_fake(delay_s: float) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "tests.fakes.tgi_server",
+            "devkit.fakes.tgi_server",
             "--port",
             str(port),
             "--delay",
@@ -449,7 +449,7 @@ class InstantLLM:
     def stream_complete(
         self, prompt: str, params: GenerationParams, *, stall_timeout_s: float
     ) -> TextStream:
-        from tests.fakes.memory import tgi_stream_of
+        from devkit.fakes.memory import tgi_stream_of
 
         return tgi_stream_of(self.complete(prompt, params))
 
@@ -669,7 +669,7 @@ def time_to_first_token(models: Models, qdrant_path: Path, runs: int) -> dict[st
     buffered answer's time for the same request."""
     import httpx
 
-    from tests.fakes.tgi_server import TgiServer, fixed
+    from devkit.fakes.tgi_server import TgiServer, fixed
     from tools.local_server import LocalServer, local_app
 
     answer = " ".join(f"word{i}" for i in range(TTFT_ANSWER_WORDS))

@@ -1,6 +1,6 @@
 """`make eval` in-process over real local parts: tiny ONNX models, an embedded Qdrant filled by
 feature.ingest, a TGI-protocol fake as the twin model and an OpenAI-compatible fake as the judge
-(both tests/fakes/tgi_server.py), the real opik client against the local Opik recorder.
+(both devkit/fakes/tgi_server.py), the real opik client against the local Opik recorder.
 
 Documented behaviour relied on:
 - Opik's LLM-judge metrics take any `OpikBaseModel` subclass as `model` (the documented way to
@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.opik_recorder import OpikRecorder
-from tests.fakes.tgi_server import Fault, TgiServer, fixed
-from tests.tiny_models import build_cross_encoder, build_embedder
+from devkit.fakes.opik_recorder import OpikRecorder
+from devkit.fakes.tgi_server import Fault, TgiServer, fixed
+from devkit.tiny_models import build_cross_encoder, build_embedder
 from tools import evaluate
 from tools.local_server import LocalServer, local_app
 

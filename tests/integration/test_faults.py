@@ -3,7 +3,7 @@ event that records the failure, clean logs, and traces that are never silently l
 
 Two ways in, both over real HTTP through `tools.local_server`:
 - `server`: `python -m tools.local_server` as a process (local mode: the HTTP TGI adapter), with
-  Qdrant behind `tests.fakes.qdrant_server.QdrantFake` (real search results from an embedded store,
+  Qdrant behind `devkit.fakes.qdrant_server.QdrantFake` (real search results from an embedded store,
   switchable to down / slow / 5xx / missing collection) and the TGI fake's fault modes.
 - `serve(deps)`: the same `LocalServer` and handler in this process, for adapters that need
   wiring the process cannot take from env vars (SageMaker runtime at a local URL, SQS under
@@ -31,6 +31,10 @@ import pytest
 from moto import mock_aws
 from qdrant_client import QdrantClient
 
+from devkit.fakes.opik_recorder import OpikRecorder
+from devkit.fakes.qdrant_server import QdrantFake, QdrantFault
+from devkit.fakes.tgi_server import Fault, TgiServer
+from devkit.tiny_models import build_cross_encoder, build_embedder
 from feature.chunking import Chunker
 from feature.ingest import ingest_file
 from rag.adapters import trace_sinks as sinks
@@ -48,9 +52,6 @@ from rag.domain.deps import Deps
 from rag.settings import Settings
 from rag.wiring import build_deps
 from stacks.constructs import rag_api
-from tests.fakes.opik_recorder import OpikRecorder
-from tests.fakes.qdrant_server import QdrantFake, QdrantFault
-from tests.fakes.tgi_server import Fault, TgiServer
 from tests.integration.test_forwarder_opik import FakeLambdaContext, sqs_record
 from tests.integration.test_local_server import (
     CORPUS,
@@ -61,7 +62,6 @@ from tests.integration.test_local_server import (
     trace_lines,
     twin_responder,
 )
-from tests.tiny_models import build_cross_encoder, build_embedder
 from tools.local_server import LocalServer, local_app
 
 QDRANT_KEY = "qdrant-secret-key-for-fault-tests"

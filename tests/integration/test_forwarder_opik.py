@@ -18,8 +18,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from devkit.fakes.opik_recorder import SPANS_BATCH, OpikRecorder, make_trace_event
 from forwarder import handler
-from tests.fakes.opik_recorder import SPANS_BATCH, OpikRecorder, make_trace_event
 
 QUEUE_ARN = "arn:aws:sqs:eu-west-1:123456789012:llm-twin-traces"
 

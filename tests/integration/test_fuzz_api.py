@@ -29,14 +29,14 @@ from schemathesis.checks import (
 )
 from schemathesis.generation import GenerationMode
 
+from devkit.fakes.tgi_server import TgiServer
+from devkit.tiny_models import build_cross_encoder, build_embedder
 from feature.chunking import Chunker
 from feature.ingest import ingest_file
 from rag.adapters.onnx_models import OnnxEmbedder
 from rag.settings import Settings
 from rag.wiring import build_deps
-from tests.fakes.tgi_server import TgiServer
 from tests.integration.test_local_server import CORPUS, twin_responder
-from tests.tiny_models import build_cross_encoder, build_embedder
 from tools import openapi
 from tools.local_server import LocalServer, local_app
 from web.app import OPENAI_ROUTES, ROUTE_METHODS

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
+from devkit.tiny_models import tiny_embedder_dir
 from feature.chunking import Chunker
 from feature.ingest import IngestError, ingest_file, ingest_lines, parse_lines
 from rag.adapters.onnx_models import OnnxEmbedder
 from rag.adapters.vectorstore import QdrantStore
 from rag.domain.ports import COLLECTIONS
-from tests.tiny_models import tiny_embedder_dir
 from tools.ingest import main as ingest_cli
 
 __all__ = ["tiny_embedder_dir"]  # fixture, imported for pytest

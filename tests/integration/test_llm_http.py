@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from devkit.fakes.tgi_server import Fault, TgiServer, echo, fixed, json_or, tgi_spec
 from rag.adapters.llm.http import HttpLLM
 from rag.adapters.llm.sagemaker import SageMakerLLM
 from rag.domain.errors import (
@@ -21,7 +22,6 @@ from rag.domain.errors import (
     UpstreamTimeout,
 )
 from rag.domain.ports import GenerationParams
-from tests.fakes.tgi_server import Fault, TgiServer, echo, fixed, json_or, tgi_spec
 
 PARAMS = GenerationParams(max_new_tokens=32, temperature=0.7, top_p=0.9, stop=("###",))
 QUERIES_SCHEMA = {

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.memory import FakeWorld, fake_world
+from devkit.fakes.memory import FakeWorld, fake_world
 from tools.local_server import EXIT_CONFIG, LocalServer, local_app
 
 REPO = Path(__file__).resolve().parents[2]

@@ -27,9 +27,9 @@ import httpx
 import pytest
 from qdrant_client import QdrantClient
 
-from tests.fakes.opik_recorder import OpikRecorder
-from tests.fakes.tgi_server import GenerationRequest, TgiServer, instance_of
-from tests.tiny_models import build_cross_encoder, build_embedder
+from devkit.fakes.opik_recorder import OpikRecorder
+from devkit.fakes.tgi_server import GenerationRequest, TgiServer, instance_of
+from devkit.tiny_models import build_cross_encoder, build_embedder
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "sample_data" / "corpus.jsonl"

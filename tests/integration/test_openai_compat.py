@@ -20,9 +20,9 @@ import httpx
 import openai
 import pytest
 
+from devkit.fakes.memory import FakeWorld, fake_world
+from devkit.fakes.tgi_server import Fault, GenerationRequest, TgiServer
 from rag.adapters.llm.http import HttpLLM
-from tests.fakes.memory import FakeWorld, fake_world
-from tests.fakes.tgi_server import Fault, GenerationRequest, TgiServer
 from tools.local_server import LocalServer, local_app
 
 KEY = "local-test-key-for-openai-clients"

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.fakes.memory import FakeWorld, fake_world
+from devkit.fakes.tgi_server import Fault, TgiServer, fixed
 from rag.adapters.llm.http import HttpLLM
-from tests.fakes.memory import FakeWorld, fake_world
-from tests.fakes.tgi_server import Fault, TgiServer, fixed
 from tools.local_server import LocalServer, local_app
 
 ANSWER = "DPO needs no separate reward model: the policy's log-ratio plays that role."

@@ -1,4 +1,4 @@
-"""vLLM as the serving engine, over real HTTP against the vLLM-protocol fake (tests/fakes/
+"""vLLM as the serving engine, over real HTTP against the vLLM-protocol fake (devkit/fakes/
 vllm_server.py): the OpenAI-compatible adapter in local mode (LLM_URL + LLM_API=openai), and the
 SageMaker adapter with engine vllm through botocore on SageMaker's runtime routes.
 
@@ -23,15 +23,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from devkit.fakes.memory import fake_world
+from devkit.fakes.tgi_server import MODEL_ID, echo, fixed, json_or
+from devkit.fakes.vllm_server import VllmFault, VllmServer
 from rag.adapters.llm.http import HttpLLM
 from rag.adapters.llm.sagemaker import SageMakerLLM
 from rag.domain.errors import BadRequest, ModelError
 from rag.domain.ports import GenerationParams
 from rag.settings import Settings
 from rag.wiring import llm_from_settings
-from tests.fakes.memory import fake_world
-from tests.fakes.tgi_server import MODEL_ID, echo, fixed, json_or
-from tests.fakes.vllm_server import VllmFault, VllmServer
 from tests.integration.test_streaming import sse_events
 from tools.local_server import LocalServer, local_app
 

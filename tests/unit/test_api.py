@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from devkit.fakes.memory import FailingSink, FakeWorld, ScriptedLLM, fake_world
+from devkit.tiny_models import tiny_embedder_dir, tiny_reranker_dir
 from rag.domain.errors import (
     ApiError,
     BadRequest,
@@ -22,8 +24,6 @@ from rag.domain.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from tests.fakes.memory import FailingSink, FakeWorld, ScriptedLLM, fake_world
-from tests.tiny_models import tiny_embedder_dir, tiny_reranker_dir
 from web.app import MAX_BODY_BYTES, create_app
 
 __all__ = ["tiny_embedder_dir", "tiny_reranker_dir"]  # fixtures, imported for pytest

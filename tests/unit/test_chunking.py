@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from devkit.tiny_models import DEFAULT_WORDS, build_tokenizer
 from feature.chunking import RULES, Chunker, SizeRule, chunk_article, pack_paragraphs
-from tests.tiny_models import DEFAULT_WORDS, build_tokenizer
 
 MAX_LENGTH = 32  # a small model window keeps the token windows visible in short texts
 

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devkit.fakes.memory import chunk
 from rag.domain.prompt import (
     ALPACA_PREAMBLE,
     INSTRUCTION,
@@ -25,7 +26,6 @@ from rag.domain.prompt import (
     build_prompt,
     sanitize_text,
 )
-from tests.fakes.memory import chunk
 
 ROOMY_BUDGET = 1_000_000
 LATIN1 = "Caf\xe9 cr\xe8me ".encode("latin-1")

@@ -14,6 +14,7 @@ from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, Re
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
+from devkit.fakes.tgi_server import tgi_spec
 from rag.adapters.llm.build import build_llm
 from rag.adapters.llm.http import HttpLLM
 from rag.adapters.llm.sagemaker import SageMakerLLM, botocore_config
@@ -27,7 +28,6 @@ from rag.domain.errors import (
     UpstreamTimeout,
 )
 from rag.domain.ports import GenerationParams
-from tests.fakes.tgi_server import tgi_spec
 
 ENDPOINT = "twin-llm"
 COMPONENT = "twin-llm-ic"

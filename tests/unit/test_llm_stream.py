@@ -16,12 +16,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from devkit.fakes.tgi_server import Fault, TgiServer, fixed, model_stream_error, payload_part
 from rag.adapters.llm.sagemaker import SageMakerLLM
 from rag.adapters.llm.stream import SseDecoder, TextStream
 from rag.domain.errors import BadRequest, ModelError, UpstreamTimeout
 from rag.domain.ports import GenerationParams
 from rag.domain.stops import StopFilter
-from tests.fakes.tgi_server import Fault, TgiServer, fixed, model_stream_error, payload_part
 
 PARAMS = GenerationParams(max_new_tokens=64, temperature=0.0, top_p=1.0, stop=("### Instruction:",))
 UNICODE_ANSWER = "Z\u00fcrich caf\u00e9 \u2014 na\u00efve \u2713 \u65e5\u672c\u8a9e \U0001f642"

@@ -12,9 +12,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from devkit.tiny_models import build_cross_encoder, build_embedder
 from rag.adapters.model_store import ModelAssetError, fetch_asset, resolve_model_dirs
 from rag.adapters.onnx_models import OnnxCrossEncoder, OnnxEmbedder
-from tests.tiny_models import build_cross_encoder, build_embedder
 
 BUCKET = "model-assets"
 KEY = "assets/abc123.zip"

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.adapters.onnx_models import ModelLoadError, OnnxCrossEncoder, OnnxEmbedder
-from rag.domain.ports import EMBEDDING_DIM
-from tests.tiny_models import (
+from devkit.tiny_models import (
     build_embedder,
     tiny_embedder_dir,
     tiny_reranker_dir,
 )
+from rag.adapters.onnx_models import ModelLoadError, OnnxCrossEncoder, OnnxEmbedder
+from rag.domain.ports import EMBEDDING_DIM
 
 __all__ = ["tiny_embedder_dir", "tiny_reranker_dir"]  # fixtures, imported for pytest
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fakes.fake_hub import FakeHub, fake_sha, serve
 from stacks.config import CONFIG_DIR, load_model_config
-from tests.fakes.fake_hub import FakeHub, fake_sha, serve
 from tools.pin_revision import main, pin
 from tools.preflight import HfHub
 

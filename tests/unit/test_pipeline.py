@@ -11,6 +11,15 @@ from dataclasses import replace
 
 import pytest
 
+from devkit.fakes.memory import (
+    SAMPLE_CHUNKS,
+    FailingSink,
+    LLMCall,
+    OverlapReranker,
+    ScriptedLLM,
+    chunk,
+    fake_world,
+)
 from rag.domain import pipeline
 from rag.domain.answering import NO_LLM_RETRY_AFTER_S
 from rag.domain.errors import (
@@ -23,15 +32,6 @@ from rag.domain.errors import (
 from rag.domain.models import GenerationRequest, RagRequest, RetrieveRequest
 from rag.domain.ports import Chunk
 from rag.domain.prompt import NO_CONTEXT_NOTE
-from tests.fakes.memory import (
-    SAMPLE_CHUNKS,
-    FailingSink,
-    LLMCall,
-    OverlapReranker,
-    ScriptedLLM,
-    chunk,
-    fake_world,
-)
 
 PAUL_QUERY = "Write a post like Paul Iusztin about RAG retrieval"
 CHAT_PROFILE = {

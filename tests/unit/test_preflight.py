@@ -21,10 +21,10 @@ from moto import mock_aws
 from qdrant_client import QdrantClient
 from qdrant_client.http.models import Distance, VectorParams
 
+from devkit.fakes.fake_aws_apis import FakeQuota, FakeServiceQuotas
+from devkit.fakes.fake_hub import GRANTED_TOKEN, UNGRANTED_TOKEN, FakeHub, serve
 from rag.domain.ports import COLLECTIONS
 from stacks.config import DeploymentConfig, ModelConfig, load_model_config
-from tests.fakes.fake_aws_apis import FakeQuota, FakeServiceQuotas
-from tests.fakes.fake_hub import GRANTED_TOKEN, UNGRANTED_TOKEN, FakeHub, serve
 from tools import preflight
 from tools.preflight import (
     CheckResult,

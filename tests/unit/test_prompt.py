@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from devkit.fakes.memory import chunk
 from rag.domain.errors import BadRequest
 from rag.domain.prompt import (
     ALPACA_PREAMBLE,
@@ -26,7 +27,6 @@ from rag.domain.prompt import (
     input_budget_tokens,
     sanitize_text,
 )
-from tests.fakes.memory import chunk
 
 COUNTER = Utf8ByteEstimate()
 ROOMY_BUDGET = 10_000

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fakes.memory import chunk, fake_world
+from devkit.tiny_models import build_cross_encoder
 from rag.adapters.onnx_models import OnnxCrossEncoder
 from rag.domain import pipeline
 from rag.domain.models import RetrieveRequest
@@ -16,8 +18,6 @@ from rag.settings import (
     Settings,
     SettingsError,
 )
-from tests.fakes.memory import chunk, fake_world
-from tests.tiny_models import build_cross_encoder
 
 MANY_CHUNKS = tuple(
     chunk(

@@ -17,6 +17,7 @@ import pytest
 from aws_lambda_powertools import Logger
 from moto import mock_aws
 
+from devkit.fakes.opik_recorder import make_trace_event
 from rag.adapters.trace_sinks import (
     METRIC_SAMPLED_OUT,
     METRIC_SEND_FAILED,
@@ -32,7 +33,6 @@ from rag.adapters.trace_sinks import (
 )
 from rag.domain.trace_policy import keyed_digest
 from rag.settings import Settings
-from tests.fakes.opik_recorder import make_trace_event
 
 LOG_STREAM = io.StringIO()
 TEST_LOGGER = Logger(service="sinks-test", stream=LOG_STREAM)

@@ -22,8 +22,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from stacks.config import ModelConfig, load_model_config
-from tests.fakes.fake_hub import (
+from devkit.fakes.fake_hub import (
     GRANTED_TOKEN,
     LLAMA_31_8B_CONFIG,
     SHARD_STAND_IN_BYTES,
@@ -33,6 +32,7 @@ from tests.fakes.fake_hub import (
     fake_sha,
     serve,
 )
+from stacks.config import ModelConfig, load_model_config
 from tools.stage_weights import SHA256_METADATA, StageError, stage_weights
 
 REPO = "example/gated-tiny"

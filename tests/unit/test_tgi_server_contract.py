@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from tests.fakes.tgi_server import (
+from devkit.fakes.tgi_server import (
     Fault,
     TgiServer,
     fixed,

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
+from devkit.fakes.memory import ScriptedLLM, fake_world
 from rag.adapters.trace_sinks import build_sink
 from rag.domain import pipeline
 from rag.domain.models import RagRequest, RetrieveRequest
 from rag.domain.prompt import sanitize_text
 from rag.settings import Settings, SettingsError
-from tests.fakes.memory import ScriptedLLM, fake_world
 
 # A query whose sanitised form (the one placed in the prompt) differs from what was sent: CRLF
 # becomes LF and the control character goes.

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests.fakes.fake_aws_apis import FakeInferenceComponents
+from devkit.fakes.fake_aws_apis import FakeInferenceComponents
 from tools import verify_destroyed
 from tools.verify_destroyed import find_leftovers, report
 

@@ -180,7 +180,7 @@ def build_cross_encoder(folder: Path, *, words: Iterable[str] = (), seed: int = 
     return folder
 
 
-# Fixtures: import them explicitly into a test module (`from tests.tiny_models import ...`).
+# Fixtures: import them explicitly into a test module (`from devkit.tiny_models import ...`).
 @pytest.fixture(scope="session")
 def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_embedder(tmp_path_factory.mktemp("tiny") / "embedding")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from tests.fakes.loopback import LoopbackServer, TrackedHandler
+from devkit.fakes.loopback import LoopbackServer, TrackedHandler
 
 TRACES_BATCH = "/v1/private/traces/batch"
 SPANS_BATCH = "/v1/private/spans/batch"

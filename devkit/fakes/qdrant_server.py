@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from qdrant_client import QdrantClient, models
 
-from tests.fakes.loopback import LoopbackServer, TrackedHandler
+from devkit.fakes.loopback import LoopbackServer, TrackedHandler
 
 _ROUTE = re.compile(
     r"^/collections/(?P<name>[^/]+)(?P<rest>/exists|/points/count|/points/query/batch)?$"

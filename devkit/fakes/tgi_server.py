@@ -9,7 +9,7 @@ A test scripts it with a responder (the generated text per request), a delay per
     with TgiServer(responder=fixed("hi")) as server:
         HttpLLM(server.url, ...)
 
-As a process: `python -m tests.fakes.tgi_server --port 8080 --delay 0.2`.
+As a process: `python -m devkit.fakes.tgi_server --port 8080 --delay 0.2`.
 """
 
 from __future__ import annotations

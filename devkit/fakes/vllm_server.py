@@ -9,7 +9,7 @@ Routes, as vLLM serves them:
   the engine is up (the same routes file: ping calls health).
 - SageMaker runtime's `/endpoints/{name}/invocations[-response-stream]` in front of /invocations,
   with SageMaker's ModelError envelope for a container error and PayloadPart stream events
-  (reused from `tests.fakes.tgi_server`).
+  (reused from `devkit.fakes.tgi_server`).
 
 Answers, as vLLM builds them (vllm `entrypoints/openai/*/protocol.py`):
 - the stop string is not in the text (`include_stop_str_in_output` defaults to false), and
@@ -29,7 +29,7 @@ Answers, as vLLM builds them (vllm `entrypoints/openai/*/protocol.py`):
     with VllmServer(responder=fixed("hi")) as server:
         HttpLLM(server.url, api="openai", model=server.model_id, ...)
 
-As a process: `python -m tests.fakes.vllm_server --port 8081`.
+As a process: `python -m devkit.fakes.vllm_server --port 8081`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.fakes.tgi_server import (
+from devkit.fakes.tgi_server import (
     DEFAULT_ANSWER,
     MODEL_ID,
     SHUTDOWN_POLL_S,
@@ -203,9 +203,10 @@ def _parse(server: VllmServer, kind: str, body: dict[str, Any]) -> GenerationReq
             raise _Invalid(400, "messages: each message needs a role", "messages")
         prompt = "\n".join(str(m.get("content") or "") for m in messages)
     else:
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt:
+        given = body.get("prompt")
+        if not isinstance(given, str) or not given:
             raise _Invalid(400, "Either prompt or prompt_embeds must be provided.", "prompt")
+        prompt = given
     temperature, top_p = body.get("temperature"), body.get("top_p")
     if temperature is not None and not (isinstance(temperature, (int, float)) and temperature >= 0):
         raise _Invalid(400, "temperature must be non-negative", "temperature")
@@ -420,7 +421,8 @@ def _handler_for(server: VllmServer) -> type[BaseHTTPRequestHandler]:  # noqa: C
             sagemaker: bool,
         ) -> None:
             events = stream_events(server, kind, request)
-            if fault is not None:  # an engine error after some tokens: one error event, [DONE]
+            if fault is not None and fault.after_tokens is not None:
+                # an engine error after some tokens: one error event, then [DONE]
                 kept = 1 + fault.after_tokens if kind == "chat" else fault.after_tokens
                 events = [*events[:kept], error_body(fault.status, fault.message), "[DONE]"]
             self.send_response(200)
