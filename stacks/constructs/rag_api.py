@@ -73,7 +73,6 @@ BUSINESS_BUNDLE = PythonBundle(
         "fsspec*",
         "filelock*",
         "tqdm*",
-        "click*",
         "httpx2*",
         "httpcore2*",
         "truststore*",

@@ -89,18 +89,33 @@ def test_boto3_is_left_to_the_runtime(built):
         assert not list(target.glob("botocore*"))
 
 
-def test_business_bundle_imports_on_the_runtime_python(built, architecture):
+def lambda_runtime_packages(root: Path) -> Path:
+    """What the Lambda Python runtime adds to the bundle: the AWS SDK for Python ("The Python
+    runtimes include the AWS SDK for Python (Boto3)",
+    https://docs.aws.amazon.com/lambda/latest/dg/lambda-python.html) with the packages boto3
+    itself needs, nothing else. Linked from this machine's venv into a folder of their own: the
+    venv's whole site-packages would also lend the bundle anything it forgot (it once lent
+    `click`, which uvicorn imports and the bundle had excluded)."""
+    import boto3
+
+    site = Path(boto3.__file__).parent.parent
+    runtime = root / "var-runtime"
+    runtime.mkdir()
+    for name in ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six.py", "urllib3"):
+        (runtime / name).symlink_to(site / name)
+    return runtime
+
+
+def test_business_bundle_imports_on_the_runtime_python(built, architecture, tmp_path):
     if architecture != HOST_ARCHITECTURE:
         pytest.skip(f"{architecture} libraries do not load on this {platform.machine()} machine")
     interpreter = runtime_interpreter()
     if interpreter is None:
         pytest.skip(f"no python{RUNTIME_PYTHON} on this machine to import the bundle with")
-    import boto3
-
-    runtime_provided = str(Path(boto3.__file__).parent.parent)
+    runtime_provided = str(lambda_runtime_packages(tmp_path))
     probe = (
         "import sys, json; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2]);"
-        "import web.main, uvicorn, rag.adapters.onnx_models, rag.adapters.vectorstore, rag.adapters.llm.sagemaker, rag.adapters.trace_sinks;"
+        "import web.main, uvicorn.main, rag.adapters.onnx_models, rag.adapters.vectorstore, rag.adapters.llm.sagemaker, rag.adapters.trace_sinks;"
         "import onnxruntime, tokenizers, qdrant_client;"
         "print(json.dumps({'ok': True, 'pyc': bool(sys.modules['rag.domain.pipeline'].__cached__)}))"
     )
@@ -121,6 +136,41 @@ def test_business_bundle_imports_on_the_runtime_python(built, architecture):
             f"*.cpython-{RUNTIME_PYTHON.replace('.', '')}.pyc"
         )
     )
+
+
+def test_forwarder_bundle_imports_its_handler_on_the_runtime_python(built, architecture, tmp_path):
+    """The forwarder's lock is hand-listed and installed with --no-deps: what `import
+    forwarder.handler` needs must all be in it (its requirements file's own rule)."""
+    if architecture != HOST_ARCHITECTURE:
+        pytest.skip(f"{architecture} libraries do not load on this {platform.machine()} machine")
+    interpreter = runtime_interpreter()
+    if interpreter is None:
+        pytest.skip(f"no python{RUNTIME_PYTHON} on this machine to import the bundle with")
+    probe = (
+        "import sys; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2]);"
+        "import forwarder.handler; print('ok')"
+    )
+    done = subprocess.run(
+        [
+            interpreter,
+            "-S",
+            "-c",
+            probe,
+            str(built["forwarder"]),
+            str(lambda_runtime_packages(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={
+            **os.environ,
+            "AWS_DEFAULT_REGION": "eu-west-1",
+            "POWERTOOLS_SERVICE_NAME": "forwarder",
+        },
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "ok"
 
 
 def _tree_digest(root: Path) -> str:
