@@ -97,7 +97,7 @@ def _call(
         return exc.code, json.loads(exc.read())
 
 
-def test_health_retrieve_rag_and_the_trace(deployed):
+def test_health_retrieve_rag_and_the_trace(deployed: dict[str, str]) -> None:
     status, body = _call(deployed, "GET", "/health")
     assert status == 200, body
 
@@ -128,7 +128,7 @@ def test_health_retrieve_rag_and_the_trace(deployed):
     pytest.fail(f"trace {trace_id} was not delivered to Opik within {TRACE_WAIT_S} s")
 
 
-def test_unknown_route_and_bad_body_use_the_error_contract(deployed):
+def test_unknown_route_and_bad_body_use_the_error_contract(deployed: dict[str, str]) -> None:
     status, body = _call(deployed, "POST", "/rag", {"query": ""})
     assert status == 400
     assert set(body["error"]) == {"code", "message"}
@@ -137,7 +137,7 @@ def test_unknown_route_and_bad_body_use_the_error_contract(deployed):
     assert body["error"]["code"] == "not_found"
 
 
-def test_openai_client_with_only_base_url_and_key(deployed):
+def test_openai_client_with_only_base_url_and_key(deployed: dict[str, str]) -> None:
     """The OpenAI SDK sends the key as `Authorization: Bearer`; the key authorizer hands it to
     the usage plan (https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-api-key-source.html),
     and `<ApiUrl>chat/completions` is stage `v1` + resource `/chat/completions`."""

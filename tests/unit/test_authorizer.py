@@ -73,7 +73,7 @@ class FakeSecrets:
         return {"SecretString": KEY}
 
 
-def test_the_key_is_read_once_then_cached(monkeypatch) -> None:
+def test_the_key_is_read_once_then_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(handler.SECRET_ENV, "arn:secret")
     monkeypatch.setattr(handler, "_cached", None)
     secrets = FakeSecrets()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -91,7 +92,7 @@ def qdrant_with(sizes: dict[str, int]) -> QdrantClient:
 
 
 def test_missing_credentials_fail_with_how_to_set_them(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # Given no credentials anywhere boto3 looks (env, files, instance metadata)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -111,7 +112,7 @@ def test_missing_credentials_fail_with_how_to_set_them(
 
 
 def test_missing_region_fails(
-    aws: boto3.Session, monkeypatch: pytest.MonkeyPatch, tmp_path
+    aws: boto3.Session, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     monkeypatch.delenv("AWS_REGION", raising=False)
@@ -426,7 +427,7 @@ def test_main_reports_a_bad_model_name(capsys: pytest.CaptureFixture[str]) -> No
     assert "unknown model 'no-such-model'" in capsys.readouterr().out
 
 
-def test_hf_token_secret_must_hold_the_bare_token():
+def test_hf_token_secret_must_hold_the_bare_token() -> None:
     from tools.preflight import parse_secret_token
 
     assert parse_secret_token(" hf_abc \n") == "hf_abc"
@@ -436,7 +437,7 @@ def test_hf_token_secret_must_hold_the_bare_token():
         parse_secret_token("  ")
 
 
-def test_an_unreachable_hub_is_a_fail_line_not_a_traceback():
+def test_an_unreachable_hub_is_a_fail_line_not_a_traceback() -> None:
     from stacks.config import load_model_config
     from tools.preflight import HfToken, check_hub
 

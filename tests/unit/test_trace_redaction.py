@@ -198,7 +198,7 @@ def test_hash_query_without_a_key_is_a_clear_settings_error() -> None:
         Settings.from_env({"TRACE_REDACTION": "hash_query"}).trace_hash_key()
 
 
-def test_hash_query_with_traces_off_needs_no_key_and_sends_nothing():
+def test_hash_query_with_traces_off_needs_no_key_and_sends_nothing() -> None:
     """Deployed without Opik the Lambda gets no trace queue and no key secret (nothing is
     sent, so nothing needs keying): TRACE_REDACTION=hash_query must not fail the cold start."""
     settings = Settings.from_env({"TRACE_REDACTION": "hash_query"})

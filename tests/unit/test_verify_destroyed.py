@@ -152,7 +152,9 @@ def test_main_exits_non_zero_while_resources_remain(aws: _Session) -> None:
     assert verify_destroyed.main(["--project", PROJECT], session=aws) == 1
 
 
-def test_without_a_region_it_says_how_to_name_one(monkeypatch, capsys):
+def test_without_a_region_it_says_how_to_name_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import boto3
 
     from tools.verify_destroyed import main
