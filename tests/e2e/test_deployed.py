@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -79,8 +80,8 @@ def deployed() -> Iterator[dict[str, str]]:
 
 
 def _call(
-    api: dict[str, str], method: str, path: str, body: dict | None = None
-) -> tuple[int, dict]:
+    api: dict[str, str], method: str, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
     key = subprocess.run(
         shlex.split(api["ApiKeyCommand"]), capture_output=True, text=True, check=True
     ).stdout.strip()

@@ -20,17 +20,17 @@ from tests.infrastructure.helpers import as_list, one, resources
 OPIK = {"opik_api_key_secret_name": "llm-twin/opik", "opik_workspace": "team"}
 
 
-def _functions(template: dict[str, Any]):
+def _functions(template: dict[str, Any]) -> dict[str, Any]:
     return {
         r["Properties"]["FunctionName"]: r["Properties"]
         for r in resources(template, "AWS::Lambda::Function")
     }
 
 
-def _policy_of(template: dict[str, Any], function_name: str):
+def _policy_of(template: dict[str, Any], function_name: str) -> list[Any]:
     function = _functions(template)[function_name]
     role_id = function["Role"]["Fn::GetAtt"][0]
-    statements = []
+    statements: list[Any] = []
     for res in resources(template, "AWS::IAM::Policy"):
         if {"Ref": role_id} in res["Properties"]["Roles"]:
             statements.extend(res["Properties"]["PolicyDocument"]["Statement"])
@@ -102,7 +102,7 @@ def test_business_role_is_scoped_to_exactly_its_endpoint_secret_queue_and_models
     synth: Callable[..., dict[str, dict[str, Any]]],
 ) -> None:
     template = synth(**OPIK)["api"]
-    by_action: dict[str, list] = {}
+    by_action: dict[str, list[Any]] = {}
     for statement in _policy_of(template, "llm-twin-rag"):
         for action in as_list(statement["Action"]):
             by_action.setdefault(action, []).extend(as_list(statement["Resource"]))
@@ -170,11 +170,12 @@ def test_rest_api_requires_keys_validates_bodies_and_throttles(
     assert (settings["ThrottlingRateLimit"], settings["ThrottlingBurstLimit"]) == (7, 11)
 
 
-def _path_of(template: dict[str, Any], resource_id):
+def _path_of(template: dict[str, Any], resource_id: dict[str, Any]) -> str:
     """A method's resource as its full path ("/" for the root, "/static/{name}", ...)."""
     if "Fn::GetAtt" in resource_id:  # the RestApi's RootResourceId
         return "/"
-    parts, logical_id = [], resource_id["Ref"]
+    parts: list[str] = []
+    logical_id = resource_id["Ref"]
     while True:
         resource = template["Resources"][logical_id]["Properties"]
         parts.insert(0, resource["PathPart"])
@@ -194,7 +195,8 @@ def test_only_the_chat_pages_static_gets_go_without_an_api_key(
     `GET /static/{name}` (which the app answers from fixed files) are keyless; every route that
     reaches the model, and every other method, still needs the key."""
     template = synth()["api"]
-    keyless, keyed = set(), set()
+    keyless: set[str] = set()
+    keyed: set[str] = set()
     for method in resources(template, "AWS::ApiGateway::Method"):
         props = method["Properties"]
         if props["HttpMethod"] == "OPTIONS":  # CORS preflight, a MOCK (browsers send no key)
@@ -275,7 +277,7 @@ def test_outputs_give_url_key_id_the_command_to_read_it_and_function(
     assert "aws apigateway get-api-key --api-key" in command and "--include-value" in command
 
 
-def _qdrant_secrets(template: dict[str, Any]):
+def _qdrant_secrets(template: dict[str, Any]) -> Any:
     return [
         r["Properties"]
         for r in resources(template, "AWS::SecretsManager::Secret")
@@ -472,7 +474,7 @@ def test_hash_query_keys_its_digests_with_a_generated_secret_only_the_business_l
         ]
 
 
-def _key_statements_for(template: dict[str, Any], service):
+def _key_statements_for(template: dict[str, Any], service: str) -> tuple[dict[str, Any], list[Any]]:
     [key] = resources(template, "AWS::KMS::Key")
     return key, [
         s

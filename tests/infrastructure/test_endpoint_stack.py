@@ -12,12 +12,12 @@ import pytest
 from stacks import tgi_image
 from tests.infrastructure.helpers import as_list, one, resources, statements
 
-DEFAULT = {}
+DEFAULT: dict[str, str] = {}
 CHAT_GATED = {"model": "llama-3.1-8b-instruct"}
 MULTI_GPU = {"model": "qwen2.5-32b-instruct"}
 
 
-def _env(template: dict[str, Any]):
+def _env(template: dict[str, Any]) -> Any:
     return one(template, "AWS::SageMaker::Model")["PrimaryContainer"]["Environment"]
 
 
@@ -76,7 +76,7 @@ def test_environment_agnostic_stack_maps_every_region_to_the_sdk_image(
 
 @pytest.mark.parametrize("region", ["eu-west-1", "ap-southeast-3"])
 def test_pinned_region_resolves_the_image_at_synth(
-    synth: Callable[..., dict[str, dict[str, Any]]], region
+    synth: Callable[..., dict[str, dict[str, Any]]], region: str
 ) -> None:
     template = synth(account="123456789012", region=region)["endpoint"]
     assert _env_image(template) == tgi_image.image_uri("3.3.6", region)
@@ -95,7 +95,7 @@ def test_a_region_without_inference_components_fails_synth(
         synth(account="123456789012", region="cn-north-1")
 
 
-def _env_image(template: dict[str, Any]):
+def _env_image(template: dict[str, Any]) -> Any:
     return one(template, "AWS::SageMaker::Model")["PrimaryContainer"]["Image"]
 
 
@@ -248,7 +248,7 @@ def test_outputs_name_the_endpoint_component_and_region(
 
 @pytest.mark.parametrize("context", [DEFAULT, CHAT_GATED, MULTI_GPU])
 def test_nothing_is_retained_on_destroy(
-    synth: Callable[..., dict[str, dict[str, Any]]], context
+    synth: Callable[..., dict[str, dict[str, Any]]], context: dict[str, str]
 ) -> None:
     for template in synth(**context).values():
         for logical_id, res in template["Resources"].items():
@@ -306,7 +306,7 @@ def test_execution_role_writes_only_to_the_inference_component_log_group(
     assert group_id in component["DependsOn"]
 
 
-def _staged_endpoint_template(**overrides):
+def _staged_endpoint_template(**overrides: Any) -> dict[str, Any]:
     import aws_cdk as cdk
     from aws_cdk.assertions import Template
     from cdk_nag import AwsSolutionsChecks
@@ -376,7 +376,7 @@ def test_hub_weights_get_no_s3_access() -> None:
     ]
 
 
-def synth_default_endpoint():
+def synth_default_endpoint() -> dict[str, Any]:
     from tests.conftest import synth_templates
 
     return synth_templates()["endpoint"]

@@ -143,7 +143,7 @@ BODIES = [
 
 @pytest.mark.parametrize("route", sorted(ROUTE_MODELS))
 def test_the_gateway_accepts_exactly_what_the_handler_accepts(
-    synth: Callable[..., dict[str, dict[str, Any]]], route
+    synth: Callable[..., dict[str, dict[str, Any]]], route: str
 ) -> None:
     """API Gateway validates request bodies against the method's model (JSON Schema draft 4,
     API Gateway developer guide, "Data models for REST APIs" and "Request validation"): a body
@@ -278,7 +278,7 @@ def test_without_opik_nothing_is_queued_for_a_consumer_that_cannot_deliver(
     ],
 )
 def test_gateway_errors_carry_cors_headers(
-    synth: Callable[..., dict[str, dict[str, Any]]], origins, expected
+    synth: Callable[..., dict[str, dict[str, Any]]], origins: str, expected: str
 ) -> None:
     """Gateway responses (403 bad key, 429 throttled...) skip the integration, so without
     their own Access-Control-Allow-Origin a browser reports a CORS error instead of the JSON

@@ -28,11 +28,11 @@ OPIK = {"opik_api_key_secret_name": "llm-twin/opik"}
 BUSINESS = "llm-twin-rag"
 
 
-def _logical_ids(template: dict[str, Any], type_name: str):
+def _logical_ids(template: dict[str, Any], type_name: str) -> list[str]:
     return [k for k, r in template["Resources"].items() if r["Type"] == type_name]
 
 
-def _business_id(template: dict[str, Any]):
+def _business_id(template: dict[str, Any]) -> str:
     (found,) = [
         k
         for k in _logical_ids(template, "AWS::Lambda::Function")
@@ -41,7 +41,7 @@ def _business_id(template: dict[str, Any]):
     return found
 
 
-def _lambda_integrations(template: dict[str, Any]):
+def _lambda_integrations(template: dict[str, Any]) -> list[str]:
     """Every API Gateway method's integration URI that calls a Lambda function."""
     uris = []
     for method in resources(template, "AWS::ApiGateway::Method"):
@@ -57,7 +57,7 @@ def _lambda_integrations(template: dict[str, Any]):
     [("x86_64", "LambdaAdapterLayerX86"), ("arm64", "LambdaAdapterLayerArm64")],
 )
 def test_every_lambda_runs_on_the_chosen_architecture_with_its_adapter_layer(
-    synth: Callable[..., dict[str, dict[str, Any]]], architecture, layer
+    synth: Callable[..., dict[str, dict[str, Any]]], architecture: str, layer: str
 ) -> None:
     context = {**OPIK} if architecture == "x86_64" else {**OPIK, "lambda_architecture": "arm64"}
     template = synth(**context)["api"]
@@ -80,7 +80,7 @@ def test_each_architecture_deploys_its_own_bundle(
 ) -> None:
     # The code asset's hash covers the pip platform tags: an arm64 deploy cannot reuse an
     # x86_64 bundle (its compiled wheels would not load on Graviton).
-    def code_keys(context):
+    def code_keys(context: dict[str, str]) -> dict[str, str]:
         template = synth(**context)["api"]
         return {
             r["Properties"]["FunctionName"]: json.dumps(r["Properties"]["Code"])

@@ -22,7 +22,7 @@ from stacks.nag_packs import ENDPOINT_KMS_RULE, NIST_PLUGIN, SageMakerEndpointNi
 from tests.conftest import app_context
 
 
-def _endpoint_config_app(outdir, instance_type: str, *, protect: bool) -> cdk.App:
+def _endpoint_config_app(outdir: Path, instance_type: str, *, protect: bool) -> cdk.App:
     app = cdk.App(outdir=str(outdir))
     stack = cdk.Stack(app, "Endpoint")
     role = iam.Role(stack, "Role", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"))
@@ -104,7 +104,9 @@ def test_every_supported_gpu_instance_is_classified_and_has_local_storage() -> N
     [{}, {"model": "llama-3.1-8b-instruct"}, {"model": "qwen2.5-32b-instruct"}],
     ids=["default", "gated-chat", "multi-gpu"],
 )
-def test_the_app_finding_is_exactly_the_acknowledged_endpoint_config(context) -> None:
+def test_the_app_finding_is_exactly_the_acknowledged_endpoint_config(
+    context: dict[str, str],
+) -> None:
     # Given the real app's construct tree (synth itself runs the pack: see test_security_gates)
     app = cdk.App(context=app_context(**context))
     build_app(app)

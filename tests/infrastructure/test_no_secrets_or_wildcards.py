@@ -235,7 +235,7 @@ FAKE_AKID = "AKIA" + "IOSFODNN7EXAMPLE"
     ids=["hf-token", "hf-token-inside-text", "aws-key", "api-key", "password", "inside-json"],
 )
 def test_scanner_catches_a_planted_secret(
-    synth: Callable[..., dict[str, dict[str, Any]]], variables, expected
+    synth: Callable[..., dict[str, dict[str, Any]]], variables: dict[str, str], expected: str
 ) -> None:
     planted = _with_lambda_env(synth()["api"], **variables)
     assert any(expected in f for f in secret_findings(planted)), secret_findings(planted)
@@ -251,7 +251,9 @@ def test_scanner_catches_a_planted_secret(
     ],
     ids=["secret-name", "dynamic-reference", "arn", "ref"],
 )
-def test_scanner_accepts_references(synth: Callable[..., dict[str, dict[str, Any]]], value) -> None:
+def test_scanner_accepts_references(
+    synth: Callable[..., dict[str, dict[str, Any]]], value: str | dict[str, str]
+) -> None:
     planted = json.loads(json.dumps(synth()["api"]))
     function = next(
         r for r in planted["Resources"].values() if r["Type"] == "AWS::Lambda::Function"
@@ -285,7 +287,9 @@ def test_scanner_accepts_references(synth: Callable[..., dict[str, dict[str, Any
     ],
     ids=["action-star", "sqs-on-star", "sagemaker-on-star", "service-wide", "not-action"],
 )
-def test_wildcard_check_catches_a_planted_statement(statement, expected) -> None:
+def test_wildcard_check_catches_a_planted_statement(
+    statement: dict[str, str], expected: str
+) -> None:
     template = {
         "Resources": {
             "P": {

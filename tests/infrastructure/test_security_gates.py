@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 import pytest
@@ -23,7 +24,7 @@ CFN_LINT_IGNORED: dict[str, str] = {
 CFN_LINT_REGIONS = ["us-east-1", "us-west-2", "eu-west-1"]
 
 
-def _synth_to(outdir: Path, context: dict) -> cdk.App:
+def _synth_to(outdir: Path, context: dict[str, Any]) -> cdk.App:
     app = cdk.App(outdir=str(outdir), context=app_context(**context))
     build_app(app)
     app.synth()
@@ -32,7 +33,7 @@ def _synth_to(outdir: Path, context: dict) -> cdk.App:
 
 @pytest.mark.parametrize("context", CONTEXTS, ids=["default", "gated-chat", "multi-gpu"])
 def test_app_has_no_unacknowledged_nag_findings_and_templates_lint_clean(
-    tmp_path: Path, context
+    tmp_path: Path, context: dict[str, Any]
 ) -> None:
     # Given the real app with its AwsSolutions checks; When it synthesizes (a finding would raise)
     _synth_to(tmp_path, context)

@@ -13,7 +13,7 @@ SM_VLLM_MODEL is downloaded from the Hub, HF_TOKEN for gated ones (same pages).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -25,7 +25,7 @@ VLLM = {"model": "twin-llama-3.1-8b-vllm"}
 VERSION = "0.30.0"
 
 
-def _container(template: dict[str, Any]):
+def _container(template: Mapping[str, Any]) -> Any:
     return one(template, "AWS::SageMaker::Model")["PrimaryContainer"]
 
 
@@ -59,7 +59,7 @@ def test_environment_agnostic_synth_maps_every_region_to_the_sdks_vllm_image(
 
 @pytest.mark.parametrize("region", ["eu-west-1", "us-west-2"])
 def test_pinned_region_resolves_the_vllm_image_at_synth(
-    synth: Callable[..., dict[str, dict[str, Any]]], region
+    synth: Callable[..., dict[str, dict[str, Any]]], region: str
 ) -> None:
     template = synth(account="123456789012", region=region, **VLLM)["endpoint"]
     image = _container(template)["Image"]

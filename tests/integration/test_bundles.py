@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from stacks.bundling import PLATFORMS, RUNTIME_PYTHON, directory_size, runtime_interpreter
+from stacks.config import LambdaArchitecture
 from stacks.constructs.rag_api import BUSINESS_BUNDLE
 from stacks.constructs.trace_pipeline import FORWARDER_BUNDLE
 
@@ -51,12 +52,15 @@ HOST_ARCHITECTURE = {"x86_64": "x86_64", "aarch64": "arm64"}.get(platform.machin
 
 
 @pytest.fixture(scope="module", params=list(PLATFORMS))
-def architecture(request: pytest.FixtureRequest) -> str:
-    return request.param
+def architecture(request: pytest.FixtureRequest) -> LambdaArchitecture:
+    architecture: LambdaArchitecture = request.param
+    return architecture
 
 
 @pytest.fixture(scope="module")
-def built(architecture: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def built(
+    architecture: LambdaArchitecture, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     out = {}
     for name, bundle in (("business", BUSINESS_BUNDLE), ("forwarder", FORWARDER_BUNDLE)):
         target = tmp_path_factory.mktemp(f"{name}-{architecture}")
@@ -66,7 +70,9 @@ def built(architecture: str, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
 
 @pytest.mark.parametrize("name", ["business", "forwarder"])
-def test_bundle_fits_lambda_with_room(built: dict[str, Path], architecture: str, name) -> None:
+def test_bundle_fits_lambda_with_room(
+    built: dict[str, Path], architecture: LambdaArchitecture, name: str
+) -> None:
     size_mb = directory_size(built[name]) / 1e6
     print(f"\n{name} bundle: {size_mb:.1f} MB unzipped ({architecture}, python{RUNTIME_PYTHON})")
     assert size_mb < TEST_LIMIT_MB < LAMBDA_LIMIT_MB

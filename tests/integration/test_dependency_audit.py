@@ -95,7 +95,7 @@ def test_every_lambda_requirement_is_pinned() -> None:
 
 @pytest.mark.parametrize("requirements", LOCKED, ids=[p.name for p in LOCKED])
 def test_locked_lambda_requirements_have_no_known_vulnerabilities(
-    service: str, requirements
+    service: str, requirements: Path
 ) -> None:
     done = subprocess.run(
         [

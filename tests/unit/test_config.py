@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -251,7 +252,7 @@ CONTEXT_MISTAKES = {
 }
 
 
-def _build(context: dict) -> None:
+def _build(context: dict[str, Any]) -> None:
     import aws_cdk as cdk
 
     from stacks.app_builder import build_app
@@ -262,7 +263,9 @@ def _build(context: dict) -> None:
 @pytest.mark.parametrize(
     ("context", "expected"), list(CONTEXT_MISTAKES.values()), ids=list(CONTEXT_MISTAKES)
 )
-def test_context_mistake_fails_synth_naming_key_and_allowed_values(context, expected) -> None:
+def test_context_mistake_fails_synth_naming_key_and_allowed_values(
+    context: dict[str, Any], expected: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         _build(context)
     message = str(info.value)
@@ -326,7 +329,7 @@ MODEL_MISTAKES = {
     ("content", "expected"), list(MODEL_MISTAKES.values()), ids=list(MODEL_MISTAKES)
 )
 def test_model_config_mistake_fails_synth_naming_file_and_field(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content, expected
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str, expected: str
 ) -> None:
     import functools
 

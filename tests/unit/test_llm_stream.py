@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -161,7 +162,7 @@ def test_the_hand_built_frames_decode_with_botocores_parser() -> None:
         },
     ],
 )
-def test_a_vllm_error_event_keeps_its_status(event: dict) -> None:
+def test_a_vllm_error_event_keeps_its_status(event: dict[str, Any]) -> None:
     """vLLM streams an error as one `data: {error}` event whose code is the HTTP status it would
     have answered (vllm entrypoints/openai/engine/protocol.py ErrorResponse; its serving layer's
     create_streaming_error_response)."""

@@ -68,7 +68,7 @@ def test_every_bundle_installs_from_a_lock_that_make_lock_writes() -> None:
 
 
 @pytest.mark.parametrize("lock", LOCKS, ids=lambda p: str(p.relative_to(REPO)))
-def test_lock_pins_every_requirement_with_a_hash(lock) -> None:
+def test_lock_pins_every_requirement_with_a_hash(lock: Path) -> None:
     """pip's hash-checking mode needs `==` and a hash on every line, dependencies included."""
     entries = _entries(lock)
     for entry in entries:
@@ -77,7 +77,7 @@ def test_lock_pins_every_requirement_with_a_hash(lock) -> None:
 
 
 @pytest.mark.parametrize("lock", LOCKS, ids=lambda p: str(p.relative_to(REPO)))
-def test_lock_holds_what_its_input_pins(lock) -> None:
+def test_lock_holds_what_its_input_pins(lock: Path) -> None:
     """A version changed in the human-edited *.in without `make lock` is caught here."""
     source = lock.with_suffix(".in")
     locked = _pins(lock)

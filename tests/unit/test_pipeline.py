@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -62,13 +63,13 @@ def executor() -> Iterator[ThreadPoolExecutor]:
     pool.shutdown(wait=True)
 
 
-def only_event(world_sink: object) -> dict:
+def only_event(world_sink: object) -> Any:
     events = world_sink.events  # type: ignore[attr-defined]
     assert len(events) == 1
     return events[0]
 
 
-def span(event: dict, name: str) -> dict:
+def span(event: dict[str, Any], name: str) -> Any:
     (found,) = [s for s in event["spans"] if s["name"] == name]
     return found
 

@@ -77,7 +77,9 @@ def strings(value: Any) -> Iterator[str]:
             yield from strings(item)
 
 
-def traced(tmp_path: Path, mode: str, route: str, prompt_format: str = "alpaca") -> list[dict]:
+def traced(
+    tmp_path: Path, mode: str, route: str, prompt_format: str = "alpaca"
+) -> list[dict[str, Any]]:
     """Two identical requests through the pipeline and the sink the settings build."""
     env = {
         **chat_or_alpaca(prompt_format),
@@ -97,7 +99,7 @@ def traced(tmp_path: Path, mode: str, route: str, prompt_format: str = "alpaca")
     return [json.loads(line) for line in lines]
 
 
-def leaks(event: dict) -> list[str]:
+def leaks(event: dict[str, Any]) -> list[str]:
     return [text for text in strings(event) for part in DERIVED if part in text]
 
 
