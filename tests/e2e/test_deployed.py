@@ -143,12 +143,15 @@ def test_openai_client_with_only_base_url_and_key(deployed: dict[str, str]) -> N
     the usage plan (https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-api-key-source.html),
     and `<ApiUrl>chat/completions` is stage `v1` + resource `/chat/completions`."""
     import openai
+    from openai.types.chat import ChatCompletionMessageParam
 
     key = subprocess.run(
         shlex.split(deployed["ApiKeyCommand"]), capture_output=True, text=True, check=True
     ).stdout.strip()
     client = openai.OpenAI(base_url=deployed["ApiUrl"], api_key=key, timeout=HTTP_TIMEOUT_S)
-    messages = [{"role": "user", "content": "What do you think about RAG evaluation?"}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "What do you think about RAG evaluation?"}
+    ]
     completion = client.chat.completions.create(model="llm-twin", messages=messages)
     assert (completion.choices[0].message.content or "").strip()
     assert (completion.model_extra or {})["sources"]

@@ -17,7 +17,7 @@ def one(template: Mapping[str, Any], type_name: str) -> dict[str, Any]:
     return properties
 
 
-def statements(template: dict[str, Any]) -> list[dict[str, Any]]:
+def statements(template: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every IAM statement of every inline policy and role policy in the template."""
     out: list[dict[str, Any]] = []
     for res in template["Resources"].values():

@@ -24,7 +24,7 @@ from typing import Any
 from tests.infrastructure.helpers import as_list, one, resources
 
 
-def _authorizer_function(template: dict[str, Any]):
+def _authorizer_function(template: dict[str, Any]) -> tuple[str, Any]:
     authorizer = one(template, "AWS::ApiGateway::Authorizer")
     function_id = json.dumps(authorizer["AuthorizerUri"]).split('"Fn::GetAtt": ["')[1].split('"')[0]
     return function_id, template["Resources"][function_id]["Properties"]

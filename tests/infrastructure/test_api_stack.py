@@ -195,8 +195,8 @@ def test_only_the_chat_pages_static_gets_go_without_an_api_key(
     `GET /static/{name}` (which the app answers from fixed files) are keyless; every route that
     reaches the model, and every other method, still needs the key."""
     template = synth()["api"]
-    keyless: set[str] = set()
-    keyed: set[str] = set()
+    keyless: set[tuple[str, str]] = set()
+    keyed: set[tuple[str, str]] = set()
     for method in resources(template, "AWS::ApiGateway::Method"):
         props = method["Properties"]
         if props["HttpMethod"] == "OPTIONS":  # CORS preflight, a MOCK (browsers send no key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -306,7 +306,7 @@ def test_execution_role_writes_only_to_the_inference_component_log_group(
     assert group_id in component["DependsOn"]
 
 
-def _staged_endpoint_template(**overrides: Any) -> dict[str, Any]:
+def _staged_endpoint_template(**overrides: Any) -> Mapping[str, Any]:
     import aws_cdk as cdk
     from aws_cdk.assertions import Template
     from cdk_nag import AwsSolutionsChecks

@@ -210,7 +210,7 @@ def test_no_iam_wildcards_on_guarded_services(templates: dict[str, dict[str, Any
 
 
 def _with_lambda_env(template: dict[str, Any], **variables: str) -> dict[str, Any]:
-    planted = json.loads(json.dumps(template))
+    planted: dict[str, Any] = json.loads(json.dumps(template))
     function = next(
         r for r in planted["Resources"].values() if r["Type"] == "AWS::Lambda::Function"
     )

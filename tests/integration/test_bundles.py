@@ -143,7 +143,7 @@ def _tree_digest(root: Path) -> str:
 
 
 def test_business_bundle_is_the_same_bytes_when_built_again(
-    built: dict[str, Path], architecture: str, tmp_path: Path
+    built: dict[str, Path], architecture: LambdaArchitecture, tmp_path: Path
 ) -> None:
     """The bundle installs its lock in pip's hash-checking mode (every wheel must match a
     `--hash` of the lock: https://pip.pypa.io/en/stable/topics/secure-installs/) and compiles

@@ -23,13 +23,13 @@ from tests.conftest import REPO
 GOOD = yaml.safe_load((REPO / "model_config" / "twin-llama-3.1-8b.yaml").read_text())
 
 
-def _write(tmp_path: Path, data, name: str = "m") -> Path:
+def _write(tmp_path: Path, data: str | dict[str, Any], name: str = "m") -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
     return path
 
 
-def _with(**changes):
+def _with(**changes: Any) -> dict[str, Any]:
     data = {**GOOD, **{k: v for k, v in changes.items() if "." not in k}}
     for dotted, value in changes.items():
         if "." in dotted:
@@ -38,7 +38,7 @@ def _with(**changes):
     return data
 
 
-def _error(tmp_path: Path, data) -> str:
+def _error(tmp_path: Path, data: str | dict[str, Any]) -> str:
     _write(tmp_path, data)
     with pytest.raises(ConfigError) as info:
         load_model_config("m", tmp_path)

@@ -134,9 +134,10 @@ def test_the_hand_built_frames_decode_with_botocores_parser() -> None:
     buffer = EventStreamBuffer()
     buffer.add_data(payload_part("é".encode()[:1]) + model_stream_error("boom"))
     first, second = list(buffer)
-    assert first.headers[":event-type"] == "PayloadPart"
+    # botocore-stubs type EventStreamMessage.headers as int; botocore decodes them to a dict.
+    assert first.headers[":event-type"] == "PayloadPart"  # type: ignore[index]
     assert first.payload == "é".encode()[:1]
-    assert second.headers[":exception-type"] == "ModelStreamError"
+    assert second.headers[":exception-type"] == "ModelStreamError"  # type: ignore[index]
     assert json.loads(second.payload)["Message"] == "boom"
 
 

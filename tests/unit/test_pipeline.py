@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from devkit.fakes.memory import (
     SAMPLE_CHUNKS,
     FailingSink,
+    FakeWorld,
     LLMCall,
     OverlapReranker,
     ScriptedLLM,
@@ -35,7 +37,7 @@ from rag.domain.ports import Chunk
 from rag.domain.prompt import NO_CONTEXT_NOTE
 
 PAUL_QUERY = "Write a post like Paul Iusztin about RAG retrieval"
-CHAT_PROFILE = {
+CHAT_PROFILE: dict[str, Any] = {
     "name": "chat-model",
     "model_id": "example/chat-model",
     "revision": "abc123",
@@ -569,7 +571,7 @@ class SteppingClock:
         self._t = 0.0
         self.step_s = step_s
 
-    def now(self):
+    def now(self) -> datetime:
         return self._wall.now()
 
     def perf_s(self) -> float:
@@ -577,7 +579,8 @@ class SteppingClock:
         return self._t
 
 
-def _generate_calls(world) -> list:
+def _generate_calls(world: FakeWorld) -> list[Any]:
+    assert world.llm is not None
     return [c for c in world.llm.calls if c.purpose == "generate"]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import boto3
 import pytest
@@ -445,10 +445,10 @@ def test_an_unreachable_hub_is_a_fail_line_not_a_traceback() -> None:
         """What the Hub client raises when DNS or TCP fails (not an OSError)."""
 
     class UnreachableHub:
-        def model_info(self, *args, **kwargs):
+        def model_info(self, *args: Any, **kwargs: Any) -> NoReturn:
             raise TransportError("[Errno -2] Name or service not known")
 
-        def config_json(self, *args, **kwargs):
+        def config_json(self, *args: Any, **kwargs: Any) -> NoReturn:
             raise AssertionError("not reached")
 
     results = check_hub(
@@ -487,7 +487,7 @@ def test_an_existing_logging_role_passes_and_a_deleted_one_fails(aws: boto3.Sess
     apigateway.update_account(
         patchOperations=[{"op": "replace", "path": "/cloudwatchRoleArn", "value": arn}]
     )
-    args = {"account": "123456789012", "region": REGION, "stack_creates_it": False}
+    args: dict[str, Any] = {"account": "123456789012", "region": REGION, "stack_creates_it": False}
     assert preflight.check_api_gateway_role(apigateway, iam, **args).status == "PASS"
     # the state a destroyed stack that owned AWS::ApiGateway::Account leaves (aws-cdk#12769)
     iam.delete_role(RoleName="apigw-logs")

@@ -33,7 +33,7 @@ COUNTER = Utf8ByteEstimate()
 ROOMY_BUDGET = 10_000
 
 
-def alpaca(query: str, chunks: list[Chunk], budget: int = ROOMY_BUDGET) -> str:
+def alpaca(query: str, chunks: list[Chunk], budget: int = ROOMY_BUDGET) -> BuiltPrompt:
     return build_prompt(
         query, chunks, prompt_format="alpaca", budget_tokens=budget, counter=COUNTER
     )

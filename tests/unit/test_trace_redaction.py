@@ -175,7 +175,7 @@ def test_the_local_key_file_is_created_once_readable_by_its_owner_only(tmp_path:
     second = Settings.from_env(env).trace_hash_key()
 
     # Then it was made once, random (256 bits), mode 0600
-    assert first == second and len(first) >= 32
+    assert first is not None and first == second and len(first) >= 32
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
 
 
