@@ -22,7 +22,9 @@ class GpuInstance:
         return self.gpus * self.gpu_memory_gib_each
 
 
-def _family(prefix: str, gpu_gib: int, gpu_model: str, sizes: dict[str, tuple[int, int, int]]):
+def _family(
+    prefix: str, gpu_gib: int, gpu_model: str, sizes: dict[str, tuple[int, int, int]]
+) -> dict[str, GpuInstance]:
     return {
         f"ml.{prefix}.{size}": GpuInstance(gpus, gpu_gib, vcpus, mem, gpu_model)
         for size, (gpus, vcpus, mem) in sizes.items()

@@ -8,6 +8,7 @@ call) so a new SDK release is the only thing to bump for a new engine version.
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 TGI_FRAMEWORK = "huggingface-llm"
 VLLM_FRAMEWORK = "vllm"
@@ -22,10 +23,11 @@ _ANY_GPU_INSTANCE = (
 
 
 @cache
-def _config(framework: str) -> dict:
+def _config(framework: str) -> dict[str, Any]:
     from sagemaker.core import image_uris
 
-    return image_uris.config_for_framework(framework)["inference"]
+    config: dict[str, Any] = image_uris.config_for_framework(framework)["inference"]
+    return config
 
 
 def supported_versions(framework: str = FRAMEWORK) -> list[str]:
@@ -36,13 +38,14 @@ def supported_versions(framework: str = FRAMEWORK) -> list[str]:
 def image_uri(version: str, region: str, framework: str = FRAMEWORK) -> str:
     from sagemaker.core import image_uris
 
-    return image_uris.retrieve(
+    uri: str = image_uris.retrieve(
         framework,
         region=region,
         version=version,
         image_scope="inference",
         instance_type=_ANY_GPU_INSTANCE,
     )
+    return uri
 
 
 @cache

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     qs = queries(args.queries)
-    benches = {
+    benches: dict[str, Callable[[Path, Any, Any], dict[str, Any]]] = {
         "local": bench_local,
         "edge": lambda path, data, q: bench_edge(path, data, q, hnsw=not args.no_hnsw),
     }

@@ -91,7 +91,8 @@ def _staged_sha256(s3: Any, bucket: str, key: str) -> str | None:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return None
         raise
-    return head.get("Metadata", {}).get(SHA256_METADATA)
+    sha256: str | None = head.get("Metadata", {}).get(SHA256_METADATA)
+    return sha256
 
 
 def _download_verified(

@@ -121,7 +121,7 @@ class Monitoring(Construct):
             metric: cloudwatch.IMetric,
             threshold: float,
             description: str,
-            comparison=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            comparison: cloudwatch.ComparisonOperator = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             periods: int = 1,
         ) -> None:
             created = cloudwatch.Alarm(
@@ -271,5 +271,5 @@ def _metric(
     )
 
 
-def _graph(title: str, metrics: list) -> cloudwatch.GraphWidget:
+def _graph(title: str, metrics: list[cloudwatch.IMetric]) -> cloudwatch.GraphWidget:
     return cloudwatch.GraphWidget(title=title, left=metrics, width=6)

@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -79,8 +80,8 @@ def deployed() -> Iterator[dict[str, str]]:
 
 
 def _call(
-    api: dict[str, str], method: str, path: str, body: dict | None = None
-) -> tuple[int, dict]:
+    api: dict[str, str], method: str, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
     key = subprocess.run(
         shlex.split(api["ApiKeyCommand"]), capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -97,7 +98,7 @@ def _call(
         return exc.code, json.loads(exc.read())
 
 
-def test_health_retrieve_rag_and_the_trace(deployed):
+def test_health_retrieve_rag_and_the_trace(deployed: dict[str, str]) -> None:
     status, body = _call(deployed, "GET", "/health")
     assert status == 200, body
 
@@ -128,7 +129,7 @@ def test_health_retrieve_rag_and_the_trace(deployed):
     pytest.fail(f"trace {trace_id} was not delivered to Opik within {TRACE_WAIT_S} s")
 
 
-def test_unknown_route_and_bad_body_use_the_error_contract(deployed):
+def test_unknown_route_and_bad_body_use_the_error_contract(deployed: dict[str, str]) -> None:
     status, body = _call(deployed, "POST", "/rag", {"query": ""})
     assert status == 400
     assert set(body["error"]) == {"code", "message"}
@@ -137,17 +138,20 @@ def test_unknown_route_and_bad_body_use_the_error_contract(deployed):
     assert body["error"]["code"] == "not_found"
 
 
-def test_openai_client_with_only_base_url_and_key(deployed):
+def test_openai_client_with_only_base_url_and_key(deployed: dict[str, str]) -> None:
     """The OpenAI SDK sends the key as `Authorization: Bearer`; the key authorizer hands it to
     the usage plan (https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-api-key-source.html),
     and `<ApiUrl>chat/completions` is stage `v1` + resource `/chat/completions`."""
     import openai
+    from openai.types.chat import ChatCompletionMessageParam
 
     key = subprocess.run(
         shlex.split(deployed["ApiKeyCommand"]), capture_output=True, text=True, check=True
     ).stdout.strip()
     client = openai.OpenAI(base_url=deployed["ApiUrl"], api_key=key, timeout=HTTP_TIMEOUT_S)
-    messages = [{"role": "user", "content": "What do you think about RAG evaluation?"}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "What do you think about RAG evaluation?"}
+    ]
     completion = client.chat.completions.create(model="llm-twin", messages=messages)
     assert (completion.choices[0].message.content or "").strip()
     assert (completion.model_extra or {})["sources"]

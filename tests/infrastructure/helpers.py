@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
-def resources(template: dict[str, Any], type_name: str) -> list[dict[str, Any]]:
+def resources(template: Mapping[str, Any], type_name: str) -> list[dict[str, Any]]:
     return [r for r in template["Resources"].values() if r["Type"] == type_name]
 
 
-def one(template: dict[str, Any], type_name: str) -> dict[str, Any]:
+def one(template: Mapping[str, Any], type_name: str) -> dict[str, Any]:
     found = resources(template, type_name)
     assert len(found) == 1, f"expected one {type_name}, found {len(found)}"
-    return found[0]["Properties"]
+    properties: dict[str, Any] = found[0]["Properties"]
+    return properties
 
 
-def statements(template: dict[str, Any]) -> list[dict[str, Any]]:
+def statements(template: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every IAM statement of every inline policy and role policy in the template."""
     out: list[dict[str, Any]] = []
     for res in template["Resources"].values():

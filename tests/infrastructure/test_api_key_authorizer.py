@@ -18,17 +18,21 @@ From AWS's documentation:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from tests.infrastructure.helpers import as_list, one, resources
 
 
-def _authorizer_function(template):
+def _authorizer_function(template: dict[str, Any]) -> tuple[str, Any]:
     authorizer = one(template, "AWS::ApiGateway::Authorizer")
     function_id = json.dumps(authorizer["AuthorizerUri"]).split('"Fn::GetAtt": ["')[1].split('"')[0]
     return function_id, template["Resources"][function_id]["Properties"]
 
 
-def test_keys_come_from_the_authorizer_on_every_keyed_method(synth):
+def test_keys_come_from_the_authorizer_on_every_keyed_method(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth()["api"]
     assert one(template, "AWS::ApiGateway::RestApi")["ApiKeySourceType"] == "AUTHORIZER"
     authorizer_id = next(
@@ -45,7 +49,9 @@ def test_keys_come_from_the_authorizer_on_every_keyed_method(synth):
         assert method["AuthorizerId"] == {"Ref": authorizer_id}
 
 
-def test_the_authorizer_is_a_request_authorizer_without_result_cache(synth):
+def test_the_authorizer_is_a_request_authorizer_without_result_cache(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     authorizer = one(synth()["api"], "AWS::ApiGateway::Authorizer")
     assert authorizer["Type"] == "REQUEST"
     # Cached, API Gateway would refuse a request lacking either header before the function ran
@@ -54,7 +60,9 @@ def test_the_authorizer_is_a_request_authorizer_without_result_cache(synth):
     assert "/invocations" in json.dumps(authorizer["AuthorizerUri"])
 
 
-def test_usage_plan_still_throttles_and_counts_the_key_created_from_the_secret(synth):
+def test_usage_plan_still_throttles_and_counts_the_key_created_from_the_secret(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(api_rate_limit_rps="7", api_burst_limit="11", api_quota_per_day="300")["api"]
     plan = one(template, "AWS::ApiGateway::UsagePlan")
     assert plan["Throttle"] == {"RateLimit": 7, "BurstLimit": 11}
@@ -73,7 +81,9 @@ def test_usage_plan_still_throttles_and_counts_the_key_created_from_the_secret(s
     assert "SecretString" not in secret["Properties"]
 
 
-def test_authorizer_reads_exactly_that_secret_and_nothing_else(synth):
+def test_authorizer_reads_exactly_that_secret_and_nothing_else(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth()["api"]
     function_id, function = _authorizer_function(template)
     role_id = function["Role"]["Fn::GetAtt"][0]
@@ -108,7 +118,9 @@ def test_authorizer_reads_exactly_that_secret_and_nothing_else(synth):
     assert "/authorizers/" in json.dumps(permission["SourceArn"])
 
 
-def test_a_denied_key_is_a_403_in_the_contract_shape(synth):
+def test_a_denied_key_is_a_403_in_the_contract_shape(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     responses = {
         r["Properties"]["ResponseType"]: r["Properties"]
         for r in resources(synth()["api"], "AWS::ApiGateway::GatewayResponse")
@@ -119,7 +131,9 @@ def test_a_denied_key_is_a_403_in_the_contract_shape(synth):
     assert "Authorization: Bearer" in body["error"]["message"]
 
 
-def test_browsers_may_send_the_authorization_header(synth):
+def test_browsers_may_send_the_authorization_header(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(cors_origins="https://app.example")["api"]
     options = [
         r["Properties"]

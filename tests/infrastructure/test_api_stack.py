@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from rag.adapters.trace_sinks import METRIC_SEND_FAILED
 from rag.domain.budget import (
@@ -18,24 +20,24 @@ from tests.infrastructure.helpers import as_list, one, resources
 OPIK = {"opik_api_key_secret_name": "llm-twin/opik", "opik_workspace": "team"}
 
 
-def _functions(template):
+def _functions(template: dict[str, Any]) -> dict[str, Any]:
     return {
         r["Properties"]["FunctionName"]: r["Properties"]
         for r in resources(template, "AWS::Lambda::Function")
     }
 
 
-def _policy_of(template, function_name):
+def _policy_of(template: dict[str, Any], function_name: str) -> list[Any]:
     function = _functions(template)[function_name]
     role_id = function["Role"]["Fn::GetAtt"][0]
-    statements = []
+    statements: list[Any] = []
     for res in resources(template, "AWS::IAM::Policy"):
         if {"Ref": role_id} in res["Properties"]["Roles"]:
             statements.extend(res["Properties"]["PolicyDocument"]["Statement"])
     return statements
 
 
-def test_business_lambda_defaults(synth):
+def test_business_lambda_defaults(synth: Callable[..., dict[str, dict[str, Any]]]) -> None:
     fn = _functions(synth()["api"])["llm-twin-rag"]
     assert fn["Runtime"] == "python3.13"
     assert fn["Architectures"] == ["x86_64"]
@@ -49,7 +51,9 @@ def test_business_lambda_defaults(synth):
     assert limited["ReservedConcurrentExecutions"] == 5
 
 
-def test_business_lambda_environment_carries_config_but_no_secret(synth):
+def test_business_lambda_environment_carries_config_but_no_secret(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     env = _functions(synth()["api"])["llm-twin-rag"]["Environment"]["Variables"]
     profile = json.loads(env["MODEL_PROFILE"])
     assert profile["model_id"] == "mlabonne/TwinLlama-3.1-8B-DPO"
@@ -64,7 +68,7 @@ def test_business_lambda_environment_carries_config_but_no_secret(synth):
     assert "s3://" in json.dumps(env["MODEL_ASSET_S3_URI"])
 
 
-def test_timeout_budget_lines_up(synth):
+def test_timeout_budget_lines_up(synth: Callable[..., dict[str, dict[str, Any]]]) -> None:
     # DESIGN 5: the buffered answer keeps 29 s > request budget > SageMaker read timeout in
     # code; the streamed one has its own budget, which the Lambda timeout and the STREAM
     # integration cover, inside API Gateway's 15-minute limit for streamed responses
@@ -94,9 +98,11 @@ def test_timeout_budget_lines_up(synth):
     assert worst_s <= rag_api.REQUEST_BUDGET_S
 
 
-def test_business_role_is_scoped_to_exactly_its_endpoint_secret_queue_and_models(synth):
+def test_business_role_is_scoped_to_exactly_its_endpoint_secret_queue_and_models(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(**OPIK)["api"]
-    by_action: dict[str, list] = {}
+    by_action: dict[str, list[Any]] = {}
     for statement in _policy_of(template, "llm-twin-rag"):
         for action in as_list(statement["Action"]):
             by_action.setdefault(action, []).extend(as_list(statement["Resource"]))
@@ -124,7 +130,9 @@ def test_business_role_is_scoped_to_exactly_its_endpoint_secret_queue_and_models
     assert by_action == {}, f"unexpected permissions: {sorted(by_action)}"
 
 
-def test_endpoint_is_referenced_by_name_not_by_export(synth):
+def test_endpoint_is_referenced_by_name_not_by_export(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     for template in synth().values():
         assert "Fn::ImportValue" not in json.dumps(template)
         assert "Outputs" not in template or all(
@@ -132,7 +140,9 @@ def test_endpoint_is_referenced_by_name_not_by_export(synth):
         )
 
 
-def test_rest_api_requires_keys_validates_bodies_and_throttles(synth):
+def test_rest_api_requires_keys_validates_bodies_and_throttles(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(api_rate_limit_rps="7", api_burst_limit="11", api_quota_per_day="300")["api"]
     api = one(template, "AWS::ApiGateway::RestApi")
     assert api["EndpointConfiguration"] == {"Types": ["REGIONAL"]}
@@ -160,11 +170,12 @@ def test_rest_api_requires_keys_validates_bodies_and_throttles(synth):
     assert (settings["ThrottlingRateLimit"], settings["ThrottlingBurstLimit"]) == (7, 11)
 
 
-def _path_of(template, resource_id):
+def _path_of(template: dict[str, Any], resource_id: dict[str, Any]) -> str:
     """A method's resource as its full path ("/" for the root, "/static/{name}", ...)."""
     if "Fn::GetAtt" in resource_id:  # the RestApi's RootResourceId
         return "/"
-    parts, logical_id = [], resource_id["Ref"]
+    parts: list[str] = []
+    logical_id = resource_id["Ref"]
     while True:
         resource = template["Resources"][logical_id]["Properties"]
         parts.insert(0, resource["PathPart"])
@@ -174,7 +185,9 @@ def _path_of(template, resource_id):
         logical_id = parent["Ref"]
 
 
-def test_only_the_chat_pages_static_gets_go_without_an_api_key(synth):
+def test_only_the_chat_pages_static_gets_go_without_an_api_key(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """`ApiKeyRequired` false lets a method through without the x-api-key header, and such calls
     count against no usage plan (AWS::ApiGateway::Method ApiKeyRequired; "Usage plans and API
     keys for REST APIs", https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-api-usage-plans.html).
@@ -182,7 +195,8 @@ def test_only_the_chat_pages_static_gets_go_without_an_api_key(synth):
     `GET /static/{name}` (which the app answers from fixed files) are keyless; every route that
     reaches the model, and every other method, still needs the key."""
     template = synth()["api"]
-    keyless, keyed = set(), set()
+    keyless: set[tuple[str, str]] = set()
+    keyed: set[tuple[str, str]] = set()
     for method in resources(template, "AWS::ApiGateway::Method"):
         props = method["Properties"]
         if props["HttpMethod"] == "OPTIONS":  # CORS preflight, a MOCK (browsers send no key)
@@ -194,7 +208,9 @@ def test_only_the_chat_pages_static_gets_go_without_an_api_key(synth):
     assert {("ANY", "/"), ("ANY", "/static/{name}"), ("GET", "/health")} <= keyed
 
 
-def test_gateway_errors_use_the_contract_shape(synth):
+def test_gateway_errors_use_the_contract_shape(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     responses = {
         r["Properties"]["ResponseType"]: r["Properties"]
         for r in resources(synth()["api"], "AWS::ApiGateway::GatewayResponse")
@@ -212,7 +228,9 @@ def test_gateway_errors_use_the_contract_shape(synth):
         assert responses[kind]["StatusCode"] == status
 
 
-def test_cors_is_off_by_default_and_limited_to_configured_origins(synth):
+def test_cors_is_off_by_default_and_limited_to_configured_origins(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     methods = [r["Properties"] for r in resources(synth()["api"], "AWS::ApiGateway::Method")]
     assert not [m for m in methods if m["HttpMethod"] == "OPTIONS"]
     template = synth(cors_origins="https://app.example")["api"]
@@ -226,7 +244,9 @@ def test_cors_is_off_by_default_and_limited_to_configured_origins(synth):
     assert "'*'" not in json.dumps(options[0]["Integration"]["IntegrationResponses"])
 
 
-def test_configured_cors_origins_reach_the_lambda_and_the_preflight_alike(synth):
+def test_configured_cors_origins_reach_the_lambda_and_the_preflight_alike(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """With a Lambda proxy integration the function must return Access-Control-Allow-Origin
     itself (https://docs.aws.amazon.com/apigateway/latest/developerguide/how-to-cors.html,
     "Enabling CORS support for Lambda or HTTP proxy integrations"): it gets the same origins
@@ -248,14 +268,16 @@ def test_configured_cors_origins_reach_the_lambda_and_the_preflight_alike(synth)
     assert "https://app.example" in preflight and "https://admin.example" in preflight
 
 
-def test_outputs_give_url_key_id_the_command_to_read_it_and_function(synth):
+def test_outputs_give_url_key_id_the_command_to_read_it_and_function(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     outputs = synth()["api"]["Outputs"]
     assert {"ApiUrl", "ApiKeyId", "ApiKeyCommand", "FunctionName"} <= set(outputs)
     command = json.dumps(outputs["ApiKeyCommand"]["Value"])
     assert "aws apigateway get-api-key --api-key" in command and "--include-value" in command
 
 
-def _qdrant_secrets(template):
+def _qdrant_secrets(template: dict[str, Any]) -> Any:
     return [
         r["Properties"]
         for r in resources(template, "AWS::SecretsManager::Secret")
@@ -263,7 +285,9 @@ def _qdrant_secrets(template):
     ]
 
 
-def test_qdrant_secret_is_created_or_referenced(synth):
+def test_qdrant_secret_is_created_or_referenced(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     created = synth()["api"]
     assert [s["Name"] for s in _qdrant_secrets(created)] == ["llm-twin/qdrant-api-key"]
     referenced = synth(
@@ -275,7 +299,9 @@ def test_qdrant_secret_is_created_or_referenced(synth):
     assert "secret:team/qdrant" in json.dumps(env["QDRANT_API_KEY_SECRET"])
 
 
-def test_trace_queue_is_encrypted_with_a_dead_letter_queue_and_partial_batches(synth):
+def test_trace_queue_is_encrypted_with_a_dead_letter_queue_and_partial_batches(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(**OPIK)["api"]
     queues = {
         r["Properties"]["QueueName"]: r["Properties"]
@@ -304,7 +330,9 @@ def test_trace_queue_is_encrypted_with_a_dead_letter_queue_and_partial_batches(s
     assert "*" not in json.dumps(actions["sqs:DeleteMessage"])
 
 
-def test_alarms_and_dashboard_an_on_call_person_needs(synth):
+def test_alarms_and_dashboard_an_on_call_person_needs(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(alarm_email="oncall@example.com", **OPIK)["api"]
     alarms = {
         r["Properties"]["AlarmName"]: r["Properties"]
@@ -342,7 +370,9 @@ def test_alarms_and_dashboard_an_on_call_person_needs(synth):
         assert metric in body, metric
 
 
-def test_every_method_streams_through_the_response_streaming_invocation(synth):
+def test_every_method_streams_through_the_response_streaming_invocation(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     # API Gateway streams a Lambda proxy response only with responseTransferMode STREAM and
     # the InvokeWithResponseStream URI `.../2021-11-15/functions/<arn>/response-streaming-
     # invocations` (https://docs.aws.amazon.com/apigateway/latest/developerguide/
@@ -366,7 +396,9 @@ def test_every_method_streams_through_the_response_streaming_invocation(synth):
         assert integration["TimeoutInMillis"] == rag_api.INTEGRATION_TIMEOUT_S * 1000
 
 
-def test_the_business_lambda_runs_the_app_behind_the_web_adapter(synth):
+def test_the_business_lambda_runs_the_app_behind_the_web_adapter(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     # The adapter's documented zip setup: its layer, AWS_LAMBDA_EXEC_WRAPPER=/opt/bootstrap,
     # a run script as the handler, AWS_LWA_INVOKE_MODE=response_stream for streaming
     # (https://awslabs.github.io/aws-lambda-web-adapter/configuration/environment-variables.html)
@@ -387,7 +419,9 @@ def test_the_business_lambda_runs_the_app_behind_the_web_adapter(synth):
     assert "AWS_LAMBDA_EXEC_WRAPPER" not in forwarder["Environment"]["Variables"]
 
 
-def test_api_gateway_may_invoke_the_function_with_a_stream(synth):
+def test_api_gateway_may_invoke_the_function_with_a_stream(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     # InvokeWithResponseStream is authorised by the same lambda:InvokeFunction permission
     # (https://docs.aws.amazon.com/lambda/latest/api/API_InvokeWithResponseStream.html)
     template = synth()["api"]
@@ -400,7 +434,9 @@ def test_api_gateway_may_invoke_the_function_with_a_stream(synth):
     assert {p["Action"] for p in permissions} == {"lambda:InvokeFunction"}
 
 
-def test_hash_query_keys_its_digests_with_a_generated_secret_only_the_business_lambda_reads(synth):
+def test_hash_query_keys_its_digests_with_a_generated_secret_only_the_business_lambda_reads(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """hash_query's HMAC key is a Secrets Manager secret the stack generates
     (AWS::SecretsManager::Secret GenerateSecretString, https://docs.aws.amazon.com/
     AWSCloudFormation/latest/UserGuide/aws-properties-secretsmanager-secret-generatesecretstring.html),
@@ -438,7 +474,7 @@ def test_hash_query_keys_its_digests_with_a_generated_secret_only_the_business_l
         ]
 
 
-def _key_statements_for(template, service):
+def _key_statements_for(template: dict[str, Any], service: str) -> tuple[dict[str, Any], list[Any]]:
     [key] = resources(template, "AWS::KMS::Key")
     return key, [
         s
@@ -448,7 +484,9 @@ def _key_statements_for(template, service):
     ]
 
 
-def test_alarm_topic_is_encrypted_with_a_customer_key_cloudwatch_and_budgets_may_use(synth):
+def test_alarm_topic_is_encrypted_with_a_customer_key_cloudwatch_and_budgets_may_use(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """SNS encrypts a topic's messages with the KMS key named in KmsMasterKeyId, and AWS services
     that publish to an encrypted topic need kms:GenerateDataKey* and kms:Decrypt on that key in
     its key policy; the AWS-managed key's policy cannot be changed, so CloudWatch alarms (and
@@ -469,7 +507,9 @@ def test_alarm_topic_is_encrypted_with_a_customer_key_cloudwatch_and_budgets_may
     assert _key_statements_for(synth()["api"], "budgets.amazonaws.com")[1] == []
 
 
-def test_trace_send_failed_alarm_watches_the_metric_the_business_lambda_emits(synth):
+def test_trace_send_failed_alarm_watches_the_metric_the_business_lambda_emits(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """CloudWatch identifies a metric by namespace, name and every dimension ("a metric is uniquely
     defined by a name, a namespace, and zero or more dimensions",
     https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/cloudwatch_concepts.html):

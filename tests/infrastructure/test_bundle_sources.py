@@ -26,7 +26,7 @@ def _imported_modules(source: str) -> set[str]:
     return modules
 
 
-def test_the_feature_side_is_not_in_the_business_bundle():
+def test_the_feature_side_is_not_in_the_business_bundle() -> None:
     bundled = {str(path.relative_to(LAMBDA_SRC)) for path in BUSINESS_BUNDLE.source_files()}
     feature = {
         str(path.relative_to(LAMBDA_SRC)) for path in (LAMBDA_SRC / FEATURE_PACKAGE).rglob("*.py")
@@ -37,7 +37,7 @@ def test_the_feature_side_is_not_in_the_business_bundle():
     assert not [name for name in bundled if name.endswith(("chunking.py", "ingest.py"))]
 
 
-def test_no_bundled_module_imports_the_feature_side():
+def test_no_bundled_module_imports_the_feature_side() -> None:
     importers = [
         str(path.relative_to(LAMBDA_SRC))
         for path in BUSINESS_BUNDLE.source_files()

@@ -65,7 +65,9 @@ def _checkov(*args: str, cwd: Path = REPO) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def template_dir(tmp_path_factory, synth: Callable[..., dict[str, Any]]) -> Path:
+def template_dir(
+    tmp_path_factory: pytest.TempPathFactory, synth: Callable[..., dict[str, Any]]
+) -> Path:
     out = tmp_path_factory.mktemp("checkov")
     for name, context in SCANNED.items():
         for stack, template in synth(**context).items():
@@ -73,13 +75,13 @@ def template_dir(tmp_path_factory, synth: Callable[..., dict[str, Any]]) -> Path
     return out
 
 
-def test_every_skip_has_a_reason():
+def test_every_skip_has_a_reason() -> None:
     assert SKIPS, f"no skip-check entries parsed from {CONFIG}"
     for check, reason in SKIPS.items():
         assert len(reason) >= MIN_REASON_CHARS, f"{check} in {CONFIG.name} needs a real reason"
 
 
-def test_checkov_passes_on_every_template(template_dir):
+def test_checkov_passes_on_every_template(template_dir: Path) -> None:
     # Given every template of the scanned contexts; When checkov runs with the project's config
     reports = _checkov("--config-file", str(CONFIG), "--directory", str(template_dir))
     # Then it parsed them all and nothing fails
@@ -94,7 +96,7 @@ def test_checkov_passes_on_every_template(template_dir):
     assert not failed, "\n".join(failed)
 
 
-def test_every_skip_is_still_needed(template_dir):
+def test_every_skip_is_still_needed(template_dir: Path) -> None:
     # A skipped check that no longer fails anywhere should be removed from .checkov.yaml.
     reports = _checkov(
         "--framework",

@@ -49,7 +49,8 @@ def guarded() -> Template:
 def _only(template: Template, type_: str) -> dict[str, Any]:
     resources = template.find_resources(type_)
     assert len(resources) == 1, resources
-    return next(iter(resources.values()))["Properties"]
+    properties: dict[str, Any] = next(iter(resources.values()))["Properties"]
+    return properties
 
 
 def _topic_ref(template: Template) -> dict[str, str]:

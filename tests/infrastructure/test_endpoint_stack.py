@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytest
 
 from stacks import tgi_image
 from tests.infrastructure.helpers import as_list, one, resources, statements
 
-DEFAULT = {}
+DEFAULT: dict[str, str] = {}
 CHAT_GATED = {"model": "llama-3.1-8b-instruct"}
 MULTI_GPU = {"model": "qwen2.5-32b-instruct"}
 
 
-def _env(template):
+def _env(template: dict[str, Any]) -> Any:
     return one(template, "AWS::SageMaker::Model")["PrimaryContainer"]["Environment"]
 
 
-def test_default_model_runs_twinllama_with_its_tgi_limits(synth):
+def test_default_model_runs_twinllama_with_its_tgi_limits(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     env = _env(synth(**DEFAULT)["endpoint"])
     assert env["HF_MODEL_ID"] == "mlabonne/TwinLlama-3.1-8B-DPO"
     assert env["HF_MODEL_REVISION"] == "main"
@@ -30,7 +34,9 @@ def test_default_model_runs_twinllama_with_its_tgi_limits(synth):
     assert "HF_TOKEN" not in env
 
 
-def test_gated_chat_model_gets_messages_api_and_token_by_reference_only(synth):
+def test_gated_chat_model_gets_messages_api_and_token_by_reference_only(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(**CHAT_GATED)["endpoint"]
     env = _env(template)
     assert env["MESSAGES_API_ENABLED"] == "true"
@@ -40,7 +46,9 @@ def test_gated_chat_model_gets_messages_api_and_token_by_reference_only(synth):
     assert "hf_" not in json.dumps(template).replace("hf-token", "")  # no token literal anywhere
 
 
-def test_multi_gpu_instance_shards_over_all_its_gpus(synth):
+def test_multi_gpu_instance_shards_over_all_its_gpus(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(**MULTI_GPU)["endpoint"]
     assert _env(template)["SM_NUM_GPUS"] == "4"
     variant = one(template, "AWS::SageMaker::EndpointConfig")["ProductionVariants"][0]
@@ -52,7 +60,9 @@ def test_multi_gpu_instance_shards_over_all_its_gpus(synth):
     assert needs["MinMemoryRequiredInMb"] <= 192 * 1024
 
 
-def test_environment_agnostic_stack_maps_every_region_to_the_sdk_image(synth):
+def test_environment_agnostic_stack_maps_every_region_to_the_sdk_image(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(**DEFAULT)["endpoint"]
     image = _env_image(template)
     assert image["Fn::FindInMap"][1] == {"Ref": "AWS::Region"}
@@ -65,13 +75,17 @@ def test_environment_agnostic_stack_maps_every_region_to_the_sdk_image(synth):
 
 
 @pytest.mark.parametrize("region", ["eu-west-1", "ap-southeast-3"])
-def test_pinned_region_resolves_the_image_at_synth(synth, region):
+def test_pinned_region_resolves_the_image_at_synth(
+    synth: Callable[..., dict[str, dict[str, Any]]], region: str
+) -> None:
     template = synth(account="123456789012", region=region)["endpoint"]
     assert _env_image(template) == tgi_image.image_uri("3.3.6", region)
     assert "Mappings" not in template
 
 
-def test_a_region_without_inference_components_fails_synth(synth):
+def test_a_region_without_inference_components_fails_synth(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """CloudFormation's registry for cn-north-1 has no AWS::SageMaker::InferenceComponent
     (aws-cloudformation/cfn-lint src/cfnlint/data/schemas/providers/cn-north-1.json, generated from
     each region's resource types); synth validates every template against it and, with
@@ -81,11 +95,13 @@ def test_a_region_without_inference_components_fails_synth(synth):
         synth(account="123456789012", region="cn-north-1")
 
 
-def _env_image(template):
+def _env_image(template: dict[str, Any]) -> Any:
     return one(template, "AWS::SageMaker::Model")["PrimaryContainer"]["Image"]
 
 
-def test_endpoint_config_uses_managed_scaling_lor_routing_and_long_startup(synth):
+def test_endpoint_config_uses_managed_scaling_lor_routing_and_long_startup(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(**DEFAULT)["endpoint"]
     variant = one(template, "AWS::SageMaker::EndpointConfig")["ProductionVariants"][0]
     assert variant["InstanceType"] == "ml.g5.2xlarge"
@@ -111,7 +127,9 @@ def test_endpoint_config_uses_managed_scaling_lor_routing_and_long_startup(synth
     assert component["InferenceComponentName"] == "llm-twin-twin-llama-3-1-8b-ic"
 
 
-def test_execution_role_can_only_pull_the_tgi_image_and_write_its_logs(synth):
+def test_execution_role_can_only_pull_the_tgi_image_and_write_its_logs(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(**DEFAULT)["endpoint"]
     role = [
         r
@@ -149,7 +167,9 @@ def test_execution_role_can_only_pull_the_tgi_image_and_write_its_logs(synth):
     assert set(by_action) <= allowed
 
 
-def test_model_log_group_has_retention_and_is_removed_with_the_stack(synth):
+def test_model_log_group_has_retention_and_is_removed_with_the_stack(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """Containers hosted as an inference component log to
     /aws/sagemaker/InferenceComponents/<inference-component-name> (SageMaker developer guide,
     "Log Amazon SageMaker AI events with Amazon CloudWatch"; sagemaker-python-sdk
@@ -165,7 +185,9 @@ def test_model_log_group_has_retention_and_is_removed_with_the_stack(synth):
     assert group["DeletionPolicy"] == "Delete"
 
 
-def test_always_on_tracks_concurrent_requests_per_copy_and_never_reaches_zero(synth):
+def test_always_on_tracks_concurrent_requests_per_copy_and_never_reaches_zero(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(**DEFAULT)["endpoint"]
     target = one(template, "AWS::ApplicationAutoScaling::ScalableTarget")
     assert target["ResourceId"] == "inference-component/llm-twin-twin-llama-3-1-8b-ic"
@@ -182,7 +204,9 @@ def test_always_on_tracks_concurrent_requests_per_copy_and_never_reaches_zero(sy
     assert not resources(template, "AWS::CloudWatch::Alarm")
 
 
-def test_scale_to_zero_releases_the_gpu_and_comes_back_on_no_capacity(synth):
+def test_scale_to_zero_releases_the_gpu_and_comes_back_on_no_capacity(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(**CHAT_GATED)["endpoint"]
     variant = one(template, "AWS::SageMaker::EndpointConfig")["ProductionVariants"][0]
     assert variant["ManagedInstanceScaling"]["MinInstanceCount"] == 0
@@ -213,7 +237,9 @@ def test_scale_to_zero_releases_the_gpu_and_comes_back_on_no_capacity(synth):
     assert alarm["AlarmActions"] == [{"Ref": step_id}]
 
 
-def test_outputs_name_the_endpoint_component_and_region(synth):
+def test_outputs_name_the_endpoint_component_and_region(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     outputs = synth(**DEFAULT)["endpoint"]["Outputs"]
     assert outputs["EndpointName"]["Value"] == "llm-twin-twin-llama-3-1-8b"
     assert outputs["InferenceComponentName"]["Value"] == "llm-twin-twin-llama-3-1-8b-ic"
@@ -221,14 +247,18 @@ def test_outputs_name_the_endpoint_component_and_region(synth):
 
 
 @pytest.mark.parametrize("context", [DEFAULT, CHAT_GATED, MULTI_GPU])
-def test_nothing_is_retained_on_destroy(synth, context):
+def test_nothing_is_retained_on_destroy(
+    synth: Callable[..., dict[str, dict[str, Any]]], context: dict[str, str]
+) -> None:
     for template in synth(**context).values():
         for logical_id, res in template["Resources"].items():
             assert res.get("DeletionPolicy", "Delete") != "Retain", logical_id
             assert res.get("UpdateReplacePolicy", "Delete") != "Retain", logical_id
 
 
-def test_scale_to_zero_tracks_invocations_per_copy_as_aws_documents(synth):
+def test_scale_to_zero_tracks_invocations_per_copy_as_aws_documents(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """SageMaker developer guide, "Scale an endpoint to zero instances"
     (https://docs.aws.amazon.com/sagemaker/latest/dg/endpoint-auto-scaling-zero-instances.html):
     register the component with min capacity 0, apply a target tracking policy on
@@ -247,7 +277,9 @@ def test_scale_to_zero_tracks_invocations_per_copy_as_aws_documents(synth):
     assert one(template, "AWS::ApplicationAutoScaling::ScalableTarget")["MinCapacity"] == 0
 
 
-def test_execution_role_writes_only_to_the_inference_component_log_group(synth):
+def test_execution_role_writes_only_to_the_inference_component_log_group(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """SageMaker's CreateModel execution-role permissions list logs:CreateLogGroup,
     CreateLogStream, PutLogEvents, DescribeLogStreams (SageMaker developer guide, "How to use
     SageMaker AI execution roles", CreateModel API: Execution Role Permissions); an
@@ -274,7 +306,7 @@ def test_execution_role_writes_only_to_the_inference_component_log_group(synth):
     assert group_id in component["DependsOn"]
 
 
-def _staged_endpoint_template(**overrides):
+def _staged_endpoint_template(**overrides: Any) -> Mapping[str, Any]:
     import aws_cdk as cdk
     from aws_cdk.assertions import Template
     from cdk_nag import AwsSolutionsChecks
@@ -301,7 +333,7 @@ def _staged_endpoint_template(**overrides):
     return Template.from_stack(stack).to_json()
 
 
-def test_staged_weights_load_from_s3_with_no_token_and_read_only_their_prefix():
+def test_staged_weights_load_from_s3_with_no_token_and_read_only_their_prefix() -> None:
     """Weights staged by `make stage-weights` load through ModelDataSource.S3DataSource with
     S3DataType S3Prefix and CompressionType None: SageMaker copies every object under the prefix
     to /opt/ml/model, keeping the key's remainder as the path
@@ -337,14 +369,14 @@ def test_staged_weights_load_from_s3_with_no_token_and_read_only_their_prefix():
     assert len(s3) == 2
 
 
-def test_hub_weights_get_no_s3_access():
+def test_hub_weights_get_no_s3_access() -> None:
     template = synth_default_endpoint()
     assert not [
         s for s in statements(template) if any(a.startswith("s3:") for a in as_list(s["Action"]))
     ]
 
 
-def synth_default_endpoint():
+def synth_default_endpoint() -> dict[str, Any]:
     from tests.conftest import synth_templates
 
     return synth_templates()["endpoint"]

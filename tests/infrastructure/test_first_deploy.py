@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -27,7 +28,9 @@ def _by_id(template: dict[str, Any], type_name: str) -> dict[str, dict[str, Any]
 # --- finding 1: the model's logs ---------------------------------------------------------------
 
 
-def test_dashboard_reads_the_inference_component_log_group(synth):
+def test_dashboard_reads_the_inference_component_log_group(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """Inference-component containers log to /aws/sagemaker/InferenceComponents/<ic-name>
     (sagemaker-python-sdk serve/model_builder.py; SageMaker developer guide, CloudWatch Logs
     for inference components): the dashboard and the outputs must point there."""
@@ -42,7 +45,9 @@ def test_dashboard_reads_the_inference_component_log_group(synth):
 # --- finding 2: the account-wide API Gateway logging role --------------------------------------
 
 
-def test_the_account_wide_api_gateway_role_is_not_owned_by_default(synth):
+def test_the_account_wide_api_gateway_role_is_not_owned_by_default(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """AWS::ApiGateway::Account is one setting per account and region: a stack that owns it
     overwrites the account's role, and its destroy leaves the setting on a deleted role, which
     breaks logging for every REST API there (aws-cdk issues 10878, 12769, 22954; aws-cdk
@@ -54,7 +59,9 @@ def test_the_account_wide_api_gateway_role_is_not_owned_by_default(synth):
     )
 
 
-def test_an_explicit_switch_creates_the_role_and_keeps_it_on_destroy(synth):
+def test_an_explicit_switch_creates_the_role_and_keeps_it_on_destroy(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """When the stack does create the singleton, destroying the stack must not leave the
     account pointing at a deleted role (aws-cdk issue 12769): both are retained."""
     template = synth(api_gateway_account_role="true")["api"]
@@ -90,7 +97,9 @@ def render_gateway_template(template: str, response_type: str) -> str:
     return rendered
 
 
-def test_every_gateway_response_renders_as_the_error_contract(synth):
+def test_every_gateway_response_renders_as_the_error_contract(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     responses = resources(synth()["api"], "AWS::ApiGateway::GatewayResponse")
     assert len(responses) >= 10
     for res in responses:
@@ -133,7 +142,9 @@ BODIES = [
 
 
 @pytest.mark.parametrize("route", sorted(ROUTE_MODELS))
-def test_the_gateway_accepts_exactly_what_the_handler_accepts(synth, route):
+def test_the_gateway_accepts_exactly_what_the_handler_accepts(
+    synth: Callable[..., dict[str, dict[str, Any]]], route: str
+) -> None:
     """API Gateway validates request bodies against the method's model (JSON Schema draft 4,
     API Gateway developer guide, "Data models for REST APIs" and "Request validation"): a body
     it lets through that the handler then refuses is a billed invocation answering 400, and a
@@ -152,7 +163,9 @@ def test_the_gateway_accepts_exactly_what_the_handler_accepts(synth, route):
         assert validator.is_valid(body) == handler_accepts, (route, body)
 
 
-def test_the_methods_use_the_generated_models(synth):
+def test_the_methods_use_the_generated_models(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth()["api"]
     models = {
         k: v["Properties"]["Name"] for k, v in _by_id(template, "AWS::ApiGateway::Model").items()
@@ -168,7 +181,9 @@ def test_the_methods_use_the_generated_models(synth):
 # --- finding 8: every path reaches the app -----------------------------------------------------
 
 
-def test_no_route_ends_on_a_mock_integration(synth):
+def test_no_route_ends_on_a_mock_integration(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """RestApi.root.addProxy() also adds ANY on the root, with the API's default integration
     when the root has none: a MOCK (aws-cdk ProxyResource.addMethod), which answers `/v1/`
     with an error counted in 5XXError. Only CORS preflight (OPTIONS) may be a MOCK."""
@@ -192,14 +207,16 @@ def test_no_route_ends_on_a_mock_integration(synth):
 # --- finding 7: VPC ----------------------------------------------------------------------------
 
 
-def test_vpc_without_account_and_region_fails_naming_the_missing_settings():
+def test_vpc_without_account_and_region_fails_naming_the_missing_settings() -> None:
     """Vpc.fromLookup needs a concrete account and region (aws-cdk README, "Importing an
     existing VPC": lookups are not supported in environment-agnostic stacks)."""
     with pytest.raises(ConfigError, match=r"vpc_id.*-c account=.*-c region="):
         synth_templates(vpc_id="vpc-0123456789abcdef0")
 
 
-def test_in_a_vpc_the_function_gets_the_endpoints_it_calls(synth):
+def test_in_a_vpc_the_function_gets_the_endpoints_it_calls(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """A Lambda attached to a VPC has no internet access (Lambda developer guide, "Giving
     Lambda functions access to resources in an Amazon VPC": use NAT or VPC endpoints). The
     business Lambda calls S3 (model archive), Secrets Manager (Qdrant key), SageMaker runtime
@@ -225,7 +242,9 @@ def test_in_a_vpc_the_function_gets_the_endpoints_it_calls(synth):
 # --- finding 9: no Opik, no trace pipeline -----------------------------------------------------
 
 
-def test_without_opik_nothing_is_queued_for_a_consumer_that_cannot_deliver(synth):
+def test_without_opik_nothing_is_queued_for_a_consumer_that_cannot_deliver(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """SQS moves a message to the dead-letter queue after maxReceiveCount failed receives (SQS
     developer guide, "Using dead-letter queues"): with no Opik key every trace would fail five
     times and land there. Without Opik settings no queue, forwarder or trace alarm is deployed,
@@ -258,7 +277,9 @@ def test_without_opik_nothing_is_queued_for_a_consumer_that_cannot_deliver(synth
         ("https://a.example,https://b.example", "method.request.header.Origin"),
     ],
 )
-def test_gateway_errors_carry_cors_headers(synth, origins, expected):
+def test_gateway_errors_carry_cors_headers(
+    synth: Callable[..., dict[str, dict[str, Any]]], origins: str, expected: str
+) -> None:
     """Gateway responses (403 bad key, 429 throttled...) skip the integration, so without
     their own Access-Control-Allow-Origin a browser reports a CORS error instead of the JSON
     (API Gateway developer guide, "Enable CORS for a REST API resource": add the headers to
@@ -273,7 +294,9 @@ def test_gateway_errors_carry_cors_headers(synth, origins, expected):
         )
 
 
-def test_the_execution_log_group_is_the_stacks_and_goes_with_it(synth):
+def test_the_execution_log_group_is_the_stacks_and_goes_with_it(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """API Gateway writes execution logs to API-Gateway-Execution-Logs_{rest-api-id}/{stage}
     and creates that group itself, without retention, when it does not exist (API Gateway
     developer guide, "Set up CloudWatch logging for REST APIs"): it would outlive destroy."""

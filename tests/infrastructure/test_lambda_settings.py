@@ -16,6 +16,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,11 +28,11 @@ OPIK = {"opik_api_key_secret_name": "llm-twin/opik"}
 BUSINESS = "llm-twin-rag"
 
 
-def _logical_ids(template, type_name):
+def _logical_ids(template: dict[str, Any], type_name: str) -> list[str]:
     return [k for k, r in template["Resources"].items() if r["Type"] == type_name]
 
 
-def _business_id(template):
+def _business_id(template: dict[str, Any]) -> str:
     (found,) = [
         k
         for k in _logical_ids(template, "AWS::Lambda::Function")
@@ -38,7 +41,7 @@ def _business_id(template):
     return found
 
 
-def _lambda_integrations(template):
+def _lambda_integrations(template: dict[str, Any]) -> list[str]:
     """Every API Gateway method's integration URI that calls a Lambda function."""
     uris = []
     for method in resources(template, "AWS::ApiGateway::Method"):
@@ -54,8 +57,8 @@ def _lambda_integrations(template):
     [("x86_64", "LambdaAdapterLayerX86"), ("arm64", "LambdaAdapterLayerArm64")],
 )
 def test_every_lambda_runs_on_the_chosen_architecture_with_its_adapter_layer(
-    synth, architecture, layer
-):
+    synth: Callable[..., dict[str, dict[str, Any]]], architecture: str, layer: str
+) -> None:
     context = {**OPIK} if architecture == "x86_64" else {**OPIK, "lambda_architecture": "arm64"}
     template = synth(**context)["api"]
     functions = [r["Properties"] for r in resources(template, "AWS::Lambda::Function")]
@@ -72,10 +75,12 @@ def test_every_lambda_runs_on_the_chosen_architecture_with_its_adapter_layer(
     assert f":753240598075:layer:{layer}:" in json.dumps(layer_arn)
 
 
-def test_each_architecture_deploys_its_own_bundle(synth):
+def test_each_architecture_deploys_its_own_bundle(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     # The code asset's hash covers the pip platform tags: an arm64 deploy cannot reuse an
     # x86_64 bundle (its compiled wheels would not load on Graviton).
-    def code_keys(context):
+    def code_keys(context: dict[str, str]) -> dict[str, str]:
         template = synth(**context)["api"]
         return {
             r["Properties"]["FunctionName"]: json.dumps(r["Properties"]["Code"])
@@ -90,7 +95,9 @@ def test_each_architecture_deploys_its_own_bundle(synth):
         assert x86[name] != arm[name], name
 
 
-def test_snapstart_publishes_a_version_and_api_gateway_calls_its_alias(synth):
+def test_snapstart_publishes_a_version_and_api_gateway_calls_its_alias(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(snapstart=True)["api"]
     business_id = _business_id(template)
     business = template["Resources"][business_id]["Properties"]
@@ -132,7 +139,9 @@ def test_snapstart_publishes_a_version_and_api_gateway_calls_its_alias(synth):
     assert len({before, after, "/", "/events"}) == 4
 
 
-def test_without_snapstart_nothing_is_published_and_no_hook_is_configured(synth):
+def test_without_snapstart_nothing_is_published_and_no_hook_is_configured(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth()["api"]
     business_id = _business_id(template)
     business = template["Resources"][business_id]["Properties"]
@@ -148,7 +157,9 @@ def test_without_snapstart_nothing_is_published_and_no_hook_is_configured(synth)
     assert not any(key.startswith("AWS_LWA_SNAPSTART_") for key in env)
 
 
-def test_snapstart_and_arm64_synthesize_together(synth):
+def test_snapstart_and_arm64_synthesize_together(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     # SnapStart's documented limits are provisioned concurrency, EFS and ephemeral storage over
     # 512 MB; arm64 is not one of them (https://docs.aws.amazon.com/lambda/latest/dg/snapstart.html).
     template = synth(snapstart=True, lambda_architecture="arm64")["api"]
@@ -163,7 +174,7 @@ def test_snapstart_and_arm64_synthesize_together(synth):
     )
 
 
-def test_models_that_would_overflow_tmp_fail_the_build(tmp_path):
+def test_models_that_would_overflow_tmp_fail_the_build(tmp_path: Path) -> None:
     # SnapStart allows at most 512 MB of ephemeral storage, Lambda's default, which the stack
     # keeps (https://docs.aws.amazon.com/lambda/latest/dg/snapstart.html); the zip and its
     # extraction sit in /tmp together at load time.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import aws_cdk as cdk
 import pytest
@@ -21,7 +22,7 @@ from stacks.nag_packs import ENDPOINT_KMS_RULE, NIST_PLUGIN, SageMakerEndpointNi
 from tests.conftest import app_context
 
 
-def _endpoint_config_app(outdir, instance_type: str, *, protect: bool) -> cdk.App:
+def _endpoint_config_app(outdir: Path, instance_type: str, *, protect: bool) -> cdk.App:
     app = cdk.App(outdir=str(outdir))
     stack = cdk.Stack(app, "Endpoint")
     role = iam.Role(stack, "Role", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"))
@@ -41,13 +42,13 @@ def _endpoint_config_app(outdir, instance_type: str, *, protect: bool) -> cdk.Ap
     return app
 
 
-def test_pack_reports_under_the_nist_plugin_name_that_acknowledgements_use():
+def test_pack_reports_under_the_nist_plugin_name_that_acknowledgements_use() -> None:
     pack = SageMakerEndpointNistChecks()
     assert pack.name == NIST_PLUGIN
     assert ENDPOINT_KMS_RULE.split("-", 1)[0] == NIST_PLUGIN  # what stacks.nag.acknowledge keys on
 
 
-def test_an_endpoint_config_without_kms_key_or_acknowledgement_fails_synth(tmp_path):
+def test_an_endpoint_config_without_kms_key_or_acknowledgement_fails_synth(tmp_path: Path) -> None:
     # Given an endpoint config on a GPU instance, neither encrypted nor acknowledged
     app = _endpoint_config_app(tmp_path, "ml.g5.2xlarge", protect=False)
     # When it synthesizes, Then the NIST rule fails it
@@ -58,7 +59,7 @@ def test_an_endpoint_config_without_kms_key_or_acknowledgement_fails_synth(tmp_p
     assert [v["ruleName"] for v in nist[0]["violations"]] == [ENDPOINT_KMS_RULE]
 
 
-def test_local_storage_instance_is_acknowledged_with_the_sagemaker_reason(tmp_path):
+def test_local_storage_instance_is_acknowledged_with_the_sagemaker_reason(tmp_path: Path) -> None:
     app = _endpoint_config_app(tmp_path, "ml.g6e.xlarge", protect=True)
     assembly = app.synth()  # passes: the finding is acknowledged
     template = assembly.get_stack_by_name("Endpoint").template
@@ -75,7 +76,9 @@ def test_local_storage_instance_is_acknowledged_with_the_sagemaker_reason(tmp_pa
     assert "local NVMe instance storage" in reason and "KmsKeyId" in reason
 
 
-def test_instance_without_local_storage_gets_a_kms_key_and_passes_unacknowledged(tmp_path):
+def test_instance_without_local_storage_gets_a_kms_key_and_passes_unacknowledged(
+    tmp_path: Path,
+) -> None:
     # Given an EBS-only instance type (no project model uses one today)
     app = _endpoint_config_app(tmp_path, "ml.p3.2xlarge", protect=True)
     # When it synthesizes, Then the NIST rule passes without an acknowledgement
@@ -88,7 +91,7 @@ def test_instance_without_local_storage_gets_a_kms_key_and_passes_unacknowledged
     assert "Fn::GetAtt" in config["Properties"]["KmsKeyId"]
 
 
-def test_every_supported_gpu_instance_is_classified_and_has_local_storage():
+def test_every_supported_gpu_instance_is_classified_and_has_local_storage() -> None:
     families = {instance_family(t) for t in GPU_INSTANCES}
     assert families <= set(LOCAL_INSTANCE_STORAGE)
     assert all(has_local_storage(t) for t in GPU_INSTANCES)
@@ -101,7 +104,9 @@ def test_every_supported_gpu_instance_is_classified_and_has_local_storage():
     [{}, {"model": "llama-3.1-8b-instruct"}, {"model": "qwen2.5-32b-instruct"}],
     ids=["default", "gated-chat", "multi-gpu"],
 )
-def test_the_app_finding_is_exactly_the_acknowledged_endpoint_config(context):
+def test_the_app_finding_is_exactly_the_acknowledged_endpoint_config(
+    context: dict[str, str],
+) -> None:
     # Given the real app's construct tree (synth itself runs the pack: see test_security_gates)
     app = cdk.App(context=app_context(**context))
     build_app(app)

@@ -170,20 +170,24 @@ def wildcard_findings(template: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module", params=list(SCANNED), ids=list(SCANNED))
-def templates(request, synth: Callable[..., dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def templates(
+    request: pytest.FixtureRequest, synth: Callable[..., dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
     return synth(**SCANNED[request.param])
 
 
-def test_the_all_keys_context_sets_every_deployment_key():
+def test_the_all_keys_context_sets_every_deployment_key() -> None:
     assert set(ALL_OPTIONAL_KEYS) >= set(DeploymentConfig.model_fields)
 
 
-def test_no_template_holds_a_secret_value(templates):
+def test_no_template_holds_a_secret_value(templates: dict[str, dict[str, Any]]) -> None:
     for stack, template in templates.items():
         assert not secret_findings(template), (stack, secret_findings(template))
 
 
-def test_lambda_environments_hold_secret_names_never_values(templates):
+def test_lambda_environments_hold_secret_names_never_values(
+    templates: dict[str, dict[str, Any]],
+) -> None:
     environments = lambda_environments(templates["api"])
     assert environments  # the forwarder too when Opik is configured
     for function, variables in environments.items():
@@ -195,7 +199,7 @@ def test_lambda_environments_hold_secret_names_never_values(templates):
                 assert reference or NAME_LIKE.match(value), (function, name, value)
 
 
-def test_no_iam_wildcards_on_guarded_services(templates):
+def test_no_iam_wildcards_on_guarded_services(templates: dict[str, dict[str, Any]]) -> None:
     for stack, template in templates.items():
         statements = list(_policy_statements(template))
         assert statements, stack
@@ -206,7 +210,7 @@ def test_no_iam_wildcards_on_guarded_services(templates):
 
 
 def _with_lambda_env(template: dict[str, Any], **variables: str) -> dict[str, Any]:
-    planted = json.loads(json.dumps(template))
+    planted: dict[str, Any] = json.loads(json.dumps(template))
     function = next(
         r for r in planted["Resources"].values() if r["Type"] == "AWS::Lambda::Function"
     )
@@ -230,7 +234,9 @@ FAKE_AKID = "AKIA" + "IOSFODNN7EXAMPLE"
     ],
     ids=["hf-token", "hf-token-inside-text", "aws-key", "api-key", "password", "inside-json"],
 )
-def test_scanner_catches_a_planted_secret(synth, variables, expected):
+def test_scanner_catches_a_planted_secret(
+    synth: Callable[..., dict[str, dict[str, Any]]], variables: dict[str, str], expected: str
+) -> None:
     planted = _with_lambda_env(synth()["api"], **variables)
     assert any(expected in f for f in secret_findings(planted)), secret_findings(planted)
 
@@ -245,7 +251,9 @@ def test_scanner_catches_a_planted_secret(synth, variables, expected):
     ],
     ids=["secret-name", "dynamic-reference", "arn", "ref"],
 )
-def test_scanner_accepts_references(synth, value):
+def test_scanner_accepts_references(
+    synth: Callable[..., dict[str, dict[str, Any]]], value: str | dict[str, str]
+) -> None:
     planted = json.loads(json.dumps(synth()["api"]))
     function = next(
         r for r in planted["Resources"].values() if r["Type"] == "AWS::Lambda::Function"
@@ -279,7 +287,9 @@ def test_scanner_accepts_references(synth, value):
     ],
     ids=["action-star", "sqs-on-star", "sagemaker-on-star", "service-wide", "not-action"],
 )
-def test_wildcard_check_catches_a_planted_statement(statement, expected):
+def test_wildcard_check_catches_a_planted_statement(
+    statement: dict[str, str], expected: str
+) -> None:
     template = {
         "Resources": {
             "P": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 import pytest
@@ -23,7 +24,7 @@ CFN_LINT_IGNORED: dict[str, str] = {
 CFN_LINT_REGIONS = ["us-east-1", "us-west-2", "eu-west-1"]
 
 
-def _synth_to(outdir: Path, context: dict) -> cdk.App:
+def _synth_to(outdir: Path, context: dict[str, Any]) -> cdk.App:
     app = cdk.App(outdir=str(outdir), context=app_context(**context))
     build_app(app)
     app.synth()
@@ -31,7 +32,9 @@ def _synth_to(outdir: Path, context: dict) -> cdk.App:
 
 
 @pytest.mark.parametrize("context", CONTEXTS, ids=["default", "gated-chat", "multi-gpu"])
-def test_app_has_no_unacknowledged_nag_findings_and_templates_lint_clean(tmp_path, context):
+def test_app_has_no_unacknowledged_nag_findings_and_templates_lint_clean(
+    tmp_path: Path, context: dict[str, Any]
+) -> None:
     # Given the real app with its AwsSolutions checks; When it synthesizes (a finding would raise)
     _synth_to(tmp_path, context)
     report = tmp_path / "validation-report.json"
@@ -54,7 +57,7 @@ def test_app_has_no_unacknowledged_nag_findings_and_templates_lint_clean(tmp_pat
         )
 
 
-def test_nag_check_fails_synth_on_an_unacknowledged_finding(tmp_path):
+def test_nag_check_fails_synth_on_an_unacknowledged_finding(tmp_path: Path) -> None:
     # Given an app with a wildcard IAM policy and no acknowledgement
     app = cdk.App(outdir=str(tmp_path))
     stack = cdk.Stack(app, "Bad")
@@ -69,7 +72,7 @@ def test_nag_check_fails_synth_on_an_unacknowledged_finding(tmp_path):
     assert "AwsSolutions-IAM5[Action::sagemaker:*]" in rules
 
 
-def test_every_acknowledgement_names_a_granular_rule_and_a_reason(tmp_path):
+def test_every_acknowledgement_names_a_granular_rule_and_a_reason(tmp_path: Path) -> None:
     app = _synth_to(tmp_path, {})
     acks: dict[str, str] = {}
     for construct in app.node.find_all():

@@ -9,7 +9,9 @@ import re
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import CDK_JSON_CONTEXT
 
@@ -25,7 +27,7 @@ def _aws_cdk_lib_file(member: str) -> str:
         return extracted.read().decode()
 
 
-def test_jsii_runs_the_cdk_on_a_node_it_supports_without_a_warning():
+def test_jsii_runs_the_cdk_on_a_node_it_supports_without_a_warning() -> None:
     """jsii checks the Node.js it runs on and prints a banner to stderr when that release is
     deprecated, end-of-life or untested, each ending "This software is currently running on node
     vX" (aws/jsii packages/@jsii/check-node/src/index.ts, `checkNode`; JSII_SILENCE_WARNING_*
@@ -43,7 +45,7 @@ def test_jsii_runs_the_cdk_on_a_node_it_supports_without_a_warning():
     assert "currently running on node" not in done.stderr, done.stderr
 
 
-def test_cdk_json_sets_every_feature_flag_aws_cdk_lib_recommends():
+def test_cdk_json_sets_every_feature_flag_aws_cdk_lib_recommends() -> None:
     """aws-cdk-lib cx-api/FEATURE_FLAGS.md: `cdk init` writes every recommended flag into a new
     project's cdk.json (the package's recommended-feature-flags.json), and the CLI reports each one
     left unset ("N feature flags are not configured"). Every recommended flag carries its
@@ -59,7 +61,9 @@ def test_cdk_json_sets_every_feature_flag_aws_cdk_lib_recommends():
     assert sorted(set(flags) - documented) == []
 
 
-def test_api_access_logs_name_the_log_group_arn_without_the_trailing_wildcard(synth):
+def test_api_access_logs_name_the_log_group_arn_without_the_trailing_wildcard(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     """CloudWatch Logs: a log group's `arn` ends in `:*`, its `logGroupArn` names the group itself
     (https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_LogGroup.html).
     API Gateway stores the access-log destination without the `:*`, so a template that passes

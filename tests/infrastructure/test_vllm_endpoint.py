@@ -13,6 +13,8 @@ SM_VLLM_MODEL is downloaded from the Hub, HF_TOKEN for gated ones (same pages).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytest
 
@@ -23,11 +25,13 @@ VLLM = {"model": "twin-llama-3.1-8b-vllm"}
 VERSION = "0.30.0"
 
 
-def _container(template):
+def _container(template: Mapping[str, Any]) -> Any:
     return one(template, "AWS::SageMaker::Model")["PrimaryContainer"]
 
 
-def test_the_model_runs_vllm_with_its_limits_as_sm_vllm_variables(synth):
+def test_the_model_runs_vllm_with_its_limits_as_sm_vllm_variables(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     env = _container(synth(**VLLM)["endpoint"])["Environment"]
     assert env == {
         "SM_VLLM_MODEL": "mlabonne/TwinLlama-3.1-8B-DPO",
@@ -40,7 +44,9 @@ def test_the_model_runs_vllm_with_its_limits_as_sm_vllm_variables(synth):
     }
 
 
-def test_environment_agnostic_synth_maps_every_region_to_the_sdks_vllm_image(synth):
+def test_environment_agnostic_synth_maps_every_region_to_the_sdks_vllm_image(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     template = synth(**VLLM)["endpoint"]
     image = _container(template)["Image"]
     assert image["Fn::FindInMap"][1] == {"Ref": "AWS::Region"}
@@ -52,7 +58,9 @@ def test_environment_agnostic_synth_maps_every_region_to_the_sdks_vllm_image(syn
 
 
 @pytest.mark.parametrize("region", ["eu-west-1", "us-west-2"])
-def test_pinned_region_resolves_the_vllm_image_at_synth(synth, region):
+def test_pinned_region_resolves_the_vllm_image_at_synth(
+    synth: Callable[..., dict[str, dict[str, Any]]], region: str
+) -> None:
     template = synth(account="123456789012", region=region, **VLLM)["endpoint"]
     image = _container(template)["Image"]
     assert image == tgi_image.image_uri(VERSION, region, "vllm")
@@ -60,13 +68,17 @@ def test_pinned_region_resolves_the_vllm_image_at_synth(synth, region):
     assert image.endswith("-sagemaker")  # the SageMaker variant: SM_VLLM_* and port 8080
 
 
-def test_the_role_pulls_the_vllm_repository_only(synth):
+def test_the_role_pulls_the_vllm_repository_only(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     by_action = {a: s for s in statements(synth(**VLLM)["endpoint"]) for a in as_list(s["Action"])}
     pull = json.dumps(by_action["ecr:BatchGetImage"]["Resource"])
     assert "repository/vllm" in pull and "tgi" not in pull
 
 
-def test_same_inference_component_scaling_and_timeouts_as_tgi(synth):
+def test_same_inference_component_scaling_and_timeouts_as_tgi(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     vllm, tgi = synth(**VLLM)["endpoint"], synth()["endpoint"]
     for kind in ("AWS::SageMaker::EndpointConfig", "AWS::ApplicationAutoScaling::ScalableTarget"):
         assert len(resources(vllm, kind)) == len(resources(tgi, kind)) == 1
@@ -89,7 +101,7 @@ def test_same_inference_component_scaling_and_timeouts_as_tgi(synth):
     assert {p["Properties"]["PolicyType"] for p in policies} == {"TargetTrackingScaling"}
 
 
-def test_a_gated_vllm_model_gets_the_hf_token_by_dynamic_reference_and_can_scale_to_zero():
+def test_a_gated_vllm_model_gets_the_hf_token_by_dynamic_reference_and_can_scale_to_zero() -> None:
     import aws_cdk as cdk
     import yaml
 
@@ -115,7 +127,9 @@ def test_a_gated_vllm_model_gets_the_hf_token_by_dynamic_reference_and_can_scale
     assert target["MinCapacity"] == 0
 
 
-def test_the_business_lambda_is_told_the_engine(synth):
+def test_the_business_lambda_is_told_the_engine(
+    synth: Callable[..., dict[str, dict[str, Any]]],
+) -> None:
     api = synth(**VLLM)["api"]
     functions = [
         f["Properties"]

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from stacks.bundling import PLATFORMS, RUNTIME_PYTHON, directory_size, runtime_interpreter
+from stacks.config import LambdaArchitecture
 from stacks.constructs.rag_api import BUSINESS_BUNDLE
 from stacks.constructs.trace_pipeline import FORWARDER_BUNDLE
 
@@ -51,12 +52,15 @@ HOST_ARCHITECTURE = {"x86_64": "x86_64", "aarch64": "arm64"}.get(platform.machin
 
 
 @pytest.fixture(scope="module", params=list(PLATFORMS))
-def architecture(request) -> str:
-    return request.param
+def architecture(request: pytest.FixtureRequest) -> LambdaArchitecture:
+    architecture: LambdaArchitecture = request.param
+    return architecture
 
 
 @pytest.fixture(scope="module")
-def built(architecture, tmp_path_factory) -> dict[str, Path]:
+def built(
+    architecture: LambdaArchitecture, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     out = {}
     for name, bundle in (("business", BUSINESS_BUNDLE), ("forwarder", FORWARDER_BUNDLE)):
         target = tmp_path_factory.mktemp(f"{name}-{architecture}")
@@ -66,13 +70,17 @@ def built(architecture, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("name", ["business", "forwarder"])
-def test_bundle_fits_lambda_with_room(built, architecture, name):
+def test_bundle_fits_lambda_with_room(
+    built: dict[str, Path], architecture: LambdaArchitecture, name: str
+) -> None:
     size_mb = directory_size(built[name]) / 1e6
     print(f"\n{name} bundle: {size_mb:.1f} MB unzipped ({architecture}, python{RUNTIME_PYTHON})")
     assert size_mb < TEST_LIMIT_MB < LAMBDA_LIMIT_MB
 
 
-def test_native_libraries_are_built_for_the_architecture(built, architecture):
+def test_native_libraries_are_built_for_the_architecture(
+    built: dict[str, Path], architecture: str
+) -> None:
     libraries = [p for p in built["business"].rglob("*.so*") if p.is_file()]
     assert any("onnxruntime" in str(p) for p in libraries)
     for library in libraries:
@@ -83,7 +91,7 @@ def test_native_libraries_are_built_for_the_architecture(built, architecture):
         assert machine == ELF_MACHINE[architecture], library
 
 
-def test_boto3_is_left_to_the_runtime(built):
+def test_boto3_is_left_to_the_runtime(built: dict[str, Path]) -> None:
     for target in built.values():
         assert not list(target.glob("boto3*"))
         assert not list(target.glob("botocore*"))
@@ -106,7 +114,9 @@ def lambda_runtime_packages(root: Path) -> Path:
     return runtime
 
 
-def test_business_bundle_imports_on_the_runtime_python(built, architecture, tmp_path):
+def test_business_bundle_imports_on_the_runtime_python(
+    built: dict[str, Path], architecture: str, tmp_path: Path
+) -> None:
     if architecture != HOST_ARCHITECTURE:
         pytest.skip(f"{architecture} libraries do not load on this {platform.machine()} machine")
     interpreter = runtime_interpreter()
@@ -138,7 +148,9 @@ def test_business_bundle_imports_on_the_runtime_python(built, architecture, tmp_
     )
 
 
-def test_forwarder_bundle_imports_its_handler_on_the_runtime_python(built, architecture, tmp_path):
+def test_forwarder_bundle_imports_its_handler_on_the_runtime_python(
+    built: dict[str, Path], architecture: str, tmp_path: Path
+) -> None:
     """The forwarder's lock is hand-listed and installed with --no-deps: what `import
     forwarder.handler` needs must all be in it (its requirements file's own rule)."""
     if architecture != HOST_ARCHITECTURE:
@@ -182,7 +194,9 @@ def _tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def test_business_bundle_is_the_same_bytes_when_built_again(built, architecture, tmp_path):
+def test_business_bundle_is_the_same_bytes_when_built_again(
+    built: dict[str, Path], architecture: LambdaArchitecture, tmp_path: Path
+) -> None:
     """The bundle installs its lock in pip's hash-checking mode (every wheel must match a
     `--hash` of the lock: https://pip.pypa.io/en/stable/topics/secure-installs/) and compiles
     byte code with unchecked-hash .pyc headers (no source mtime: PEP 552), so a second build

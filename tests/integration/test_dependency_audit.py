@@ -82,7 +82,7 @@ def service() -> str:
     return found
 
 
-def test_every_lambda_requirement_is_pinned():
+def test_every_lambda_requirement_is_pinned() -> None:
     for path in LOCKED:
         lines = [
             line.strip()
@@ -94,7 +94,9 @@ def test_every_lambda_requirement_is_pinned():
 
 
 @pytest.mark.parametrize("requirements", LOCKED, ids=[p.name for p in LOCKED])
-def test_locked_lambda_requirements_have_no_known_vulnerabilities(service, requirements):
+def test_locked_lambda_requirements_have_no_known_vulnerabilities(
+    service: str, requirements: Path
+) -> None:
     done = subprocess.run(
         [
             sys.executable,

@@ -54,7 +54,7 @@ CORPUS = [
         "content": "Postgres with pgvector is enough vector database for a few million rows.",
     },
 ]
-QUESTIONS = [
+QUESTIONS: list[dict[str, Any]] = [
     {
         "question": "Does DPO need a reward model?",
         "source_ids": ["post-dpo"],

@@ -42,6 +42,7 @@ from rag.adapters.llm.http import HttpLLM
 from rag.adapters.llm.sagemaker import SageMakerLLM
 from rag.adapters.onnx_models import OnnxEmbedder
 from rag.adapters.trace_sinks import MemoryTraceSink, PolicySink, SqsTraceSink
+from rag.domain import budget
 from rag.domain.budget import (
     FAST_FAILURE_S,
     generation_timeout_s,
@@ -671,12 +672,12 @@ def test_an_unreachable_queue_is_tried_sqs_max_attempts_times_then_given_up(
     sink.send({"trace_id": "t-1", "input": {"query": QUERY}})
 
     # Then it was tried exactly SQS_MAX_ATTEMPTS times (not 1 + that many), then counted lost
-    assert len(sends) == sinks.SQS_MAX_ATTEMPTS
+    assert len(sends) == budget.SQS_MAX_ATTEMPTS
     assert counted == [sinks.METRIC_SEND_FAILED]
     config = sink._client.meta.config
     assert (config.connect_timeout, config.read_timeout) == (
-        sinks.SQS_CONNECT_TIMEOUT_S,
-        sinks.SQS_READ_TIMEOUT_S,
+        budget.SQS_CONNECT_TIMEOUT_S,
+        budget.SQS_READ_TIMEOUT_S,
     )
     logs.assert_clean()
 

@@ -97,7 +97,7 @@ def logs() -> Iterator[LogCapture]:
     target.removeHandler(capture)
 
 
-def test_trace_and_spans_arrive_with_their_ids_fields_nesting_and_usage(opik: OpikRecorder):
+def test_trace_and_spans_arrive_with_their_ids_fields_nesting_and_usage(opik: OpikRecorder) -> None:
     # Given a full rag trace event
     event = make_trace_event()
 
@@ -144,7 +144,7 @@ def test_trace_and_spans_arrive_with_their_ids_fields_nesting_and_usage(opik: Op
     assert batch_call.headers["Authorization"] == "local-test-key"
 
 
-def test_an_errored_request_keeps_its_error_on_trace_and_span(opik: OpikRecorder):
+def test_an_errored_request_keeps_its_error_on_trace_and_span(opik: OpikRecorder) -> None:
     # Given the trace of a request whose generation failed
     error = {"code": "model_error", "message": "TGI returned 424"}
     event = make_trace_event(error=error)
@@ -158,7 +158,7 @@ def test_an_errored_request_keeps_its_error_on_trace_and_span(opik: OpikRecorder
     assert generate["error_info"]["message"] == "TGI returned 424"
 
 
-def test_nested_spans_keep_their_parent(opik: OpikRecorder):
+def test_nested_spans_keep_their_parent(opik: OpikRecorder) -> None:
     # Given an event whose embed span ran inside the search span
     event = make_trace_event()
     search_id = event["spans"][3]["id"]
@@ -171,7 +171,7 @@ def test_nested_spans_keep_their_parent(opik: OpikRecorder):
     assert opik.spans[event["spans"][2]["id"]]["parent_span_id"] == search_id
 
 
-def test_a_redelivered_event_is_still_one_trace(opik: OpikRecorder):
+def test_a_redelivered_event_is_still_one_trace(opik: OpikRecorder) -> None:
     # Given an event already forwarded once
     event = make_trace_event()
     body = json.dumps(event)
@@ -210,7 +210,7 @@ def _late_event() -> dict[str, Any]:
     return event
 
 
-def test_a_late_trace_lands_with_its_spans_under_fresh_in_window_ids(opik: OpikRecorder):
+def test_a_late_trace_lands_with_its_spans_under_fresh_in_window_ids(opik: OpikRecorder) -> None:
     # Given an Opik that refuses trace and span ids older than its window, and a late event
     opik.enforce_id_window(OPIK_ID_WINDOW_S)
     event = _late_event()
@@ -236,7 +236,7 @@ def test_a_late_trace_lands_with_its_spans_under_fresh_in_window_ids(opik: OpikR
     assert by_original[search]["id"] != search
 
 
-def test_opik_5xx_fails_the_item_and_the_retry_delivers_it(opik: OpikRecorder):
+def test_opik_5xx_fails_the_item_and_the_retry_delivers_it(opik: OpikRecorder) -> None:
     # Given Opik answering 503 to the next request
     event = make_trace_event()
     body = json.dumps(event)
@@ -256,7 +256,7 @@ def test_opik_5xx_fails_the_item_and_the_retry_delivers_it(opik: OpikRecorder):
 
 def test_a_5xx_on_the_spans_call_fails_the_item_even_though_the_trace_landed(
     opik: OpikRecorder,
-):
+) -> None:
     # Given Opik accepting the trace but answering 500 to the spans
     event = make_trace_event()
     body = json.dumps(event)
@@ -272,7 +272,7 @@ def test_a_5xx_on_the_spans_call_fails_the_item_even_though_the_trace_landed(
     assert len(opik.spans) == len(event["spans"])
 
 
-def test_opik_down_then_back_nothing_is_lost(opik: OpikRecorder):
+def test_opik_down_then_back_nothing_is_lost(opik: OpikRecorder) -> None:
     # Given Opik down (connections refused) and a batch of three events
     events = [make_trace_event() for _ in range(3)]
     bodies = [json.dumps(event) for event in events]
@@ -289,7 +289,7 @@ def test_opik_down_then_back_nothing_is_lost(opik: OpikRecorder):
     assert set(opik.traces) == {event["trace_id"] for event in events}
 
 
-def test_a_dropped_connection_fails_only_after_being_reported(opik: OpikRecorder):
+def test_a_dropped_connection_fails_only_after_being_reported(opik: OpikRecorder) -> None:
     # Given Opik closing the connection without an answer
     event = make_trace_event()
     opik.drop_next(1)
@@ -302,7 +302,7 @@ def test_a_dropped_connection_fails_only_after_being_reported(opik: OpikRecorder
     assert opik.traces == {}
 
 
-def test_opik_rejecting_a_trace_fails_that_item(opik: OpikRecorder, logs: LogCapture):
+def test_opik_rejecting_a_trace_fails_that_item(opik: OpikRecorder, logs: LogCapture) -> None:
     # Given Opik rejecting the request as invalid
     opik.fail_next(1, status=400)
 
@@ -314,7 +314,9 @@ def test_opik_rejecting_a_trace_fails_that_item(opik: OpikRecorder, logs: LogCap
     assert any("HTTP 400" in line.get("reason", "") for line in logs.lines)
 
 
-def test_a_malformed_event_fails_alone_with_a_clear_log_line(opik: OpikRecorder, logs: LogCapture):
+def test_a_malformed_event_fails_alone_with_a_clear_log_line(
+    opik: OpikRecorder, logs: LogCapture
+) -> None:
     # Given a batch with a good event, a non-JSON body, an event with a bad id, and a good event
     good_first, good_last = make_trace_event(), make_trace_event()
     bad_id = make_trace_event()
@@ -342,7 +344,7 @@ def test_a_malformed_event_fails_alone_with_a_clear_log_line(opik: OpikRecorder,
 @mock_aws
 def test_the_api_key_comes_from_secrets_manager(
     opik: OpikRecorder, monkeypatch: pytest.MonkeyPatch
-):
+) -> None:
     # Given the key stored in Secrets Manager and only the secret's name in the environment
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     boto3.client("secretsmanager").create_secret(Name="opik-api-key", SecretString="sm-key-123")

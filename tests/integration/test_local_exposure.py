@@ -112,6 +112,7 @@ def test_a_post_that_needs_no_preflight_is_refused_with_415(
     got = raw_request(server.url, "POST", "/rag", headers, QUERY)
 
     assert error_of(*got) == (415, "unsupported_media_type")
+    assert world.llm is not None
     assert world.llm.calls == []  # no LLM time spent
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
 
 from devkit.fakes.memory import FakeWorld, fake_world
 from devkit.fakes.tgi_server import Fault, GenerationRequest, TgiServer
@@ -117,7 +118,7 @@ def test_streamed_chunks_end_with_usage_then_done(server: LocalServer) -> None:
 def test_earlier_turns_are_context_the_last_user_message_is_the_query(
     world: tuple[FakeWorld, TgiServer], server: LocalServer, recorder: Recorder
 ) -> None:
-    messages = [
+    messages: list[ChatCompletionMessageParam] = [
         {"role": "system", "content": "You are a pirate."},
         {"role": "user", "content": "Who wrote about DPO?"},
         {"role": "assistant", "content": "Maxime wrote about it."},
@@ -185,7 +186,7 @@ def test_unsupported_or_invalid_parameters_are_openai_400s_naming_them(
 
 
 def test_image_content_is_refused_by_its_position(server: LocalServer) -> None:
-    content = [
+    content: list[ChatCompletionContentPartParam] = [
         {"type": "text", "text": QUESTION},
         {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
     ]

@@ -48,7 +48,8 @@ class Clock:
 
 def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
     v = rng.standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    unit: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return unit
 
 
 def _fill(client: QdrantClient, name: str, vectors: np.ndarray, start_id: int = 0) -> None:

@@ -54,7 +54,9 @@ def call(
     return request(create_app(lambda: world.deps), method, path, body, **kwargs)
 
 
-def post(world: FakeWorld, path: str, body: Any, **kwargs: Any) -> tuple[int, dict, dict]:
+def post(
+    world: FakeWorld, path: str, body: Any, **kwargs: Any
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
     raw = body if isinstance(body, str) else json.dumps(body)
     return call(world, "POST", path, raw, **kwargs)
 
@@ -63,7 +65,8 @@ def assert_error(body: dict[str, Any], code: str) -> str:
     assert set(body) == {"error"}
     assert set(body["error"]) == {"code", "message"}
     assert body["error"]["code"] == code
-    return body["error"]["message"]
+    message: str = body["error"]["message"]
+    return message
 
 
 # --- happy paths -------------------------------------------------------------------------------
@@ -512,6 +515,7 @@ def test_generation_never_gets_more_time_than_the_invocation_has_left() -> None:
     status, _ = _rag_with_time_left(world, remaining_ms=16_000)
     # Then the generation read timeout shrinks to what the invocation has left
     assert status == 200
+    assert world.llm is not None
     (call,) = [c for c in world.llm.calls if c.purpose == "generate"]
     assert call.timeout_s is not None
     # 16 s left - 1 s margin - 7 s for a failed first try and its retry's connect (2 s fast

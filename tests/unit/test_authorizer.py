@@ -34,7 +34,9 @@ def event(**headers: str) -> dict[str, Any]:
         {"X-Api-Key": KEY},
     ],
 )
-def test_either_header_is_allowed_and_returned_as_the_usage_plan_key(headers) -> None:
+def test_either_header_is_allowed_and_returned_as_the_usage_plan_key(
+    headers: dict[str, str],
+) -> None:
     decision = decide(event(**headers), KEY)
     (statement,) = decision["policyDocument"]["Statement"]
     assert statement["Effect"] == "Allow" and statement["Action"] == "execute-api:Invoke"
@@ -53,7 +55,7 @@ def test_either_header_is_allowed_and_returned_as_the_usage_plan_key(headers) ->
         {"Authorization": "Bearer "},
     ],
 )
-def test_a_missing_or_wrong_key_is_denied_without_a_usage_key(headers) -> None:
+def test_a_missing_or_wrong_key_is_denied_without_a_usage_key(headers: dict[str, str]) -> None:
     decision = decide(event(**headers), KEY)
     assert decision["policyDocument"]["Statement"][0]["Effect"] == "Deny"
     assert "usageIdentifierKey" not in decision
@@ -73,7 +75,7 @@ class FakeSecrets:
         return {"SecretString": KEY}
 
 
-def test_the_key_is_read_once_then_cached(monkeypatch) -> None:
+def test_the_key_is_read_once_then_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(handler.SECRET_ENV, "arn:secret")
     monkeypatch.setattr(handler, "_cached", None)
     secrets = FakeSecrets()

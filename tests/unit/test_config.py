@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -22,13 +23,13 @@ from tests.conftest import REPO
 GOOD = yaml.safe_load((REPO / "model_config" / "twin-llama-3.1-8b.yaml").read_text())
 
 
-def _write(tmp_path: Path, data, name: str = "m") -> Path:
+def _write(tmp_path: Path, data: str | dict[str, Any], name: str = "m") -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
     return path
 
 
-def _with(**changes):
+def _with(**changes: Any) -> dict[str, Any]:
     data = {**GOOD, **{k: v for k, v in changes.items() if "." not in k}}
     for dotted, value in changes.items():
         if "." in dotted:
@@ -37,14 +38,14 @@ def _with(**changes):
     return data
 
 
-def _error(tmp_path: Path, data) -> str:
+def _error(tmp_path: Path, data: str | dict[str, Any]) -> str:
     _write(tmp_path, data)
     with pytest.raises(ConfigError) as info:
         load_model_config("m", tmp_path)
     return str(info.value)
 
 
-def test_shipped_configs_are_valid_and_derive_gpus_from_the_instance():
+def test_shipped_configs_are_valid_and_derive_gpus_from_the_instance() -> None:
     assert set(available_models()) >= {
         "twin-llama-3.1-8b",
         "llama-3.1-8b-instruct",
@@ -59,91 +60,91 @@ def test_shipped_configs_are_valid_and_derive_gpus_from_the_instance():
     assert gated.scaling.effective_min_copies == 0
 
 
-def test_unknown_model_lists_the_available_ones(tmp_path):
+def test_unknown_model_lists_the_available_ones(tmp_path: Path) -> None:
     _write(tmp_path, GOOD, "known")
     with pytest.raises(ConfigError, match=r"unknown model 'nope'.*available: known"):
         load_model_config("nope", tmp_path)
 
 
-def test_invalid_yaml_names_the_file(tmp_path):
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
     assert "m.yaml: not valid YAML" in _error(tmp_path, "hf_model_id: [unclosed\n")
 
 
-def test_a_list_instead_of_a_mapping(tmp_path):
+def test_a_list_instead_of_a_mapping(tmp_path: Path) -> None:
     assert "must be a YAML mapping" in _error(tmp_path, "- a\n- b\n")
 
 
-def test_unknown_field_is_named(tmp_path):
+def test_unknown_field_is_named(tmp_path: Path) -> None:
     message = _error(tmp_path, _with(max_input_tokens=10))
     assert "field 'max_input_tokens': unknown field" in message
 
 
-def test_missing_field_is_named(tmp_path):
+def test_missing_field_is_named(tmp_path: Path) -> None:
     data = dict(GOOD)
     del data["instance_type"]
     assert "field 'instance_type': Field required" in _error(tmp_path, data)
 
 
-def test_wrong_type_is_named(tmp_path):
+def test_wrong_type_is_named(tmp_path: Path) -> None:
     assert "field 'tgi.max_input_tokens'" in _error(
         tmp_path, _with(**{"tgi.max_input_tokens": "lots"})
     )
 
 
-def test_prompt_format_lists_allowed_values(tmp_path):
+def test_prompt_format_lists_allowed_values(tmp_path: Path) -> None:
     message = _error(tmp_path, _with(prompt_format="vicuna"))
     assert "field 'prompt_format'" in message and "'alpaca' or 'chat'" in message
 
 
-def test_unknown_instance_lists_gpu_instances(tmp_path):
+def test_unknown_instance_lists_gpu_instances(tmp_path: Path) -> None:
     message = _error(tmp_path, _with(instance_type="ml.m5.xlarge"))
     assert "field 'instance_type'" in message and "ml.g5.2xlarge" in message
 
 
-def test_unknown_tgi_version_lists_the_sdk_versions(tmp_path):
+def test_unknown_tgi_version_lists_the_sdk_versions(tmp_path: Path) -> None:
     message = _error(tmp_path, _with(tgi_version="9.9.9"))
     assert "field 'tgi_version'" in message and "3.3.6" in message
 
 
-def test_input_tokens_must_leave_room_to_generate(tmp_path):
+def test_input_tokens_must_leave_room_to_generate(tmp_path: Path) -> None:
     message = _error(tmp_path, _with(**{"tgi.max_input_tokens": 4096}))
     assert "max_input_tokens (4096) must be less than max_total_tokens (4096)" in message
 
 
-def test_prefill_below_input_is_rejected(tmp_path):
+def test_prefill_below_input_is_rejected(tmp_path: Path) -> None:
     message = _error(tmp_path, _with(**{"tgi.max_batch_prefill_tokens": 1000}))
     assert "max_batch_prefill_tokens (1000) must be at least max_input_tokens (2048)" in message
 
 
-def test_batch_total_below_total_is_rejected(tmp_path):
+def test_batch_total_below_total_is_rejected(tmp_path: Path) -> None:
     assert "max_batch_total_tokens (2000)" in _error(
         tmp_path, _with(**{"tgi.max_batch_total_tokens": 2000})
     )
 
 
-def test_generation_limit_must_fit_the_token_budget(tmp_path):
+def test_generation_limit_must_fit_the_token_budget(tmp_path: Path) -> None:
     message = _error(tmp_path, _with(**{"generation.max_new_tokens_limit": 4000}))
     assert "max_new_tokens_limit (4000) must be at most" in message
 
 
-def test_gpu_count_above_the_instance_is_rejected(tmp_path):
+def test_gpu_count_above_the_instance_is_rejected(tmp_path: Path) -> None:
     assert "exceeds the 1 GPU(s) of ml.g5.2xlarge" in _error(tmp_path, _with(gpu_count=4))
 
 
-def test_always_on_cannot_have_zero_copies(tmp_path):
+def test_always_on_cannot_have_zero_copies(tmp_path: Path) -> None:
     message = _error(tmp_path, _with(**{"scaling.min_copies": 0}))
     assert "field 'scaling'" in message and "always_on needs min_copies >= 1" in message
 
 
-def test_bad_hub_id(tmp_path):
+def test_bad_hub_id(tmp_path: Path) -> None:
     assert "owner/name" in _error(tmp_path, _with(hf_model_id="not an id"))
 
 
-def test_name_must_match_the_file(tmp_path):
+def test_name_must_match_the_file(tmp_path: Path) -> None:
     assert "must match the file name" in _error(tmp_path, _with(name="other"))
 
 
-def test_context_mistakes_name_the_key():
+def test_context_mistakes_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"cdk context: key 'api_rate_limit_rps'"):
         load_deployment_config({"api_rate_limit_rps": "-1"})
     with pytest.raises(ConfigError, match=r"key 'cors_origins'.*https://"):
@@ -154,7 +155,7 @@ def test_context_mistakes_name_the_key():
         load_deployment_config({"trace_redaction": "all"})
 
 
-def test_context_strings_from_the_command_line_are_coerced():
+def test_context_strings_from_the_command_line_are_coerced() -> None:
     config = load_deployment_config(
         {"api_rate_limit_rps": "25", "cors_origins": "https://a.example, https://b.example"}
     )
@@ -162,7 +163,7 @@ def test_context_strings_from_the_command_line_are_coerced():
     assert config.cors_origins == ["https://a.example", "https://b.example"]
 
 
-def test_synth_fails_with_a_clear_message_for_an_unknown_model(tmp_path):
+def test_synth_fails_with_a_clear_message_for_an_unknown_model(tmp_path: Path) -> None:
     # Given the cdk CLI's way of passing context; When app.py runs; Then it exits 1 and says why
     env = {
         **os.environ,
@@ -251,7 +252,7 @@ CONTEXT_MISTAKES = {
 }
 
 
-def _build(context: dict) -> None:
+def _build(context: dict[str, Any]) -> None:
     import aws_cdk as cdk
 
     from stacks.app_builder import build_app
@@ -262,7 +263,9 @@ def _build(context: dict) -> None:
 @pytest.mark.parametrize(
     ("context", "expected"), list(CONTEXT_MISTAKES.values()), ids=list(CONTEXT_MISTAKES)
 )
-def test_context_mistake_fails_synth_naming_key_and_allowed_values(context, expected):
+def test_context_mistake_fails_synth_naming_key_and_allowed_values(
+    context: dict[str, Any], expected: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         _build(context)
     message = str(info.value)
@@ -271,7 +274,7 @@ def test_context_mistake_fails_synth_naming_key_and_allowed_values(context, expe
         assert message.startswith("cdk context: key "), message
 
 
-def test_several_context_mistakes_are_reported_together():
+def test_several_context_mistakes_are_reported_together() -> None:
     with pytest.raises(ConfigError) as info:
         _build({"project": "X", "trace_sample_rate": "2", "alarm_email": "a@b.c"})
     lines = str(info.value).splitlines()
@@ -326,8 +329,8 @@ MODEL_MISTAKES = {
     ("content", "expected"), list(MODEL_MISTAKES.values()), ids=list(MODEL_MISTAKES)
 )
 def test_model_config_mistake_fails_synth_naming_file_and_field(
-    tmp_path, monkeypatch, content, expected
-):
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str, expected: str
+) -> None:
     import functools
 
     import stacks.app_builder
@@ -342,7 +345,7 @@ def test_model_config_mistake_fails_synth_naming_file_and_field(
         _build({"model": "m"})
 
 
-def test_app_py_prints_the_context_key_and_exits_1(tmp_path):
+def test_app_py_prints_the_context_key_and_exits_1(tmp_path: Path) -> None:
     # Given a context mistake as the cdk CLI passes it; When app.py runs; Then it exits 1, no trace
     env = {
         **os.environ,
@@ -358,14 +361,14 @@ def test_app_py_prints_the_context_key_and_exits_1(tmp_path):
     assert "key 'alarm_email': String should match pattern" in done.stderr
 
 
-def test_a_misspelled_context_key_fails_instead_of_being_ignored():
+def test_a_misspelled_context_key_fails_instead_of_being_ignored() -> None:
     with pytest.raises(ConfigError, match=r"unknown key\(s\) 'alarm_emial'.*known: .*alarm_email"):
         load_deployment_config({"alarm_emial": "oncall@example.com"})
     # keys CDK owns (prefixed or with a colon) are not ours to judge
     load_deployment_config({"@aws-cdk/core:checkSecretUsage": True, "aws:cdk:bundling-stacks": []})
 
 
-def test_qdrant_url_must_be_http_or_https():
+def test_qdrant_url_must_be_http_or_https() -> None:
     with pytest.raises(ConfigError, match=r"key 'qdrant_url'"):
         load_deployment_config({"qdrant_url": "ftp://qdrant.example"})
     assert load_deployment_config({"qdrant_url": "https://q.example:6333"}).qdrant_url
@@ -376,7 +379,7 @@ def test_qdrant_url_must_be_http_or_https():
 VLLM_GOOD = yaml.safe_load((REPO / "model_config" / "twin-llama-3.1-8b-vllm.yaml").read_text())
 
 
-def test_the_shipped_vllm_config_is_the_default_model_on_an_image_the_sdk_knows():
+def test_the_shipped_vllm_config_is_the_default_model_on_an_image_the_sdk_knows() -> None:
     """The vLLM version is one the sagemaker SDK's image config (`vllm`, AWS's DLC) lists."""
     from sagemaker.core import image_uris
 
@@ -388,17 +391,17 @@ def test_the_shipped_vllm_config_is_the_default_model_on_an_image_the_sdk_knows(
     assert (vllm.max_input_tokens, vllm.max_total_tokens) == (2048, 4096)
 
 
-def test_engine_lists_its_allowed_values(tmp_path):
+def test_engine_lists_its_allowed_values(tmp_path: Path) -> None:
     message = _error(tmp_path, _with(engine="sglang"))
     assert "field 'engine'" in message and "'tgi' or 'vllm'" in message and "m.yaml" in message
 
 
-def test_unknown_vllm_version_lists_the_sdk_versions(tmp_path):
+def test_unknown_vllm_version_lists_the_sdk_versions(tmp_path: Path) -> None:
     message = _error(tmp_path, {**VLLM_GOOD, "vllm_version": "0.1.0"})
     assert "field 'vllm_version'" in message and "0.30.0" in message
 
 
-def test_vllm_engine_needs_its_version_and_limits_and_takes_no_tgi_fields(tmp_path):
+def test_vllm_engine_needs_its_version_and_limits_and_takes_no_tgi_fields(tmp_path: Path) -> None:
     no_limits = {k: v for k, v in VLLM_GOOD.items() if k != "vllm"}
     assert "engine vllm needs 'vllm'" in _error(tmp_path, no_limits)
     mixed = {**VLLM_GOOD, "tgi_version": "3.3.6"}
@@ -407,7 +410,7 @@ def test_vllm_engine_needs_its_version_and_limits_and_takes_no_tgi_fields(tmp_pa
     assert "engine tgi needs 'tgi_version'" in _error(tmp_path, tgi_without_version)
 
 
-def test_vllm_limits_are_checked_like_tgis(tmp_path):
+def test_vllm_limits_are_checked_like_tgis(tmp_path: Path) -> None:
     vllm = {**VLLM_GOOD["vllm"], "max_input_tokens": 4096}
     assert "must be less than max_model_len" in _error(tmp_path, {**VLLM_GOOD, "vllm": vllm})
     vllm = {**VLLM_GOOD["vllm"], "gpu_memory_utilization": 1.5}
@@ -417,7 +420,7 @@ def test_vllm_limits_are_checked_like_tgis(tmp_path):
     assert "vllm.max_model_len - vllm.max_input_tokens (2048)" in message
 
 
-def test_vllm_environment_uses_the_containers_sm_vllm_variables(tmp_path):
+def test_vllm_environment_uses_the_containers_sm_vllm_variables(tmp_path: Path) -> None:
     """AWS's vLLM DLC turns each SM_VLLM_<FLAG> into `vllm serve --<flag>`; SM_VLLM_MODEL takes a
     Hub id or a local folder (aws/model-hosting-container-standards docs/sagemaker/
     01_quickstart.md; https://aws.github.io/deep-learning-containers/vllm/configuration/)."""
@@ -436,6 +439,6 @@ def test_vllm_environment_uses_the_containers_sm_vllm_variables(tmp_path):
     assert staged["SM_VLLM_MODEL"] == "/opt/ml/model" and "SM_VLLM_REVISION" not in staged
 
 
-def test_the_runtime_profile_tells_the_lambda_the_engine():
+def test_the_runtime_profile_tells_the_lambda_the_engine() -> None:
     assert load_model_config("twin-llama-3.1-8b-vllm").runtime_profile()["engine"] == "vllm"
     assert load_model_config("twin-llama-3.1-8b").runtime_profile()["engine"] == "tgi"

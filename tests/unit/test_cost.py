@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from stacks.config import load_model_config
 from stacks.instances import GPU_INSTANCES
@@ -50,7 +53,9 @@ def test_scale_to_zero_config_costs_nothing_idle_and_its_busy_hours() -> None:
     assert "$0/h while scaled to zero" in text
 
 
-def test_missing_price_says_so_instead_of_guessing(tmp_path, capsys, monkeypatch) -> None:
+def test_missing_price_says_so_instead_of_guessing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given a region with no prices in the table
     text = render(load_model_config("twin-llama-3.1-8b"), PRICES, "eu-west-1", 8)
 
@@ -59,7 +64,7 @@ def test_missing_price_says_so_instead_of_guessing(tmp_path, capsys, monkeypatch
     assert "/month" not in text
 
 
-def test_cli_prints_the_default_config(capsys) -> None:
+def test_cli_prints_the_default_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert cost.main(["--region", "us-east-1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Estimated cost of twin-llama-3.1-8b")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 from botocore.stub import Stubber
 
 from forwarder.opik_mapping import (
@@ -75,7 +76,7 @@ def test_a_trace_close_to_the_window_edge_is_moved_before_opik_would_refuse_it()
     assert relocate_if_late(event, now_s=NOW_S).trace_id != event.trace_id
 
 
-def test_the_redrive_command_starts_sqs_own_dlq_redrive(capsys) -> None:
+def test_the_redrive_command_starts_sqs_own_dlq_redrive(capsys: pytest.CaptureFixture[str]) -> None:
     """SQS's DLQ redrive is StartMessageMoveTask with the DLQ as source; without a destination
     SQS returns each message to its source queue (SQS API reference, StartMessageMoveTask).
     moto does not implement it, so botocore's Stubber checks the call against the service model."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -133,9 +134,10 @@ def test_the_hand_built_frames_decode_with_botocores_parser() -> None:
     buffer = EventStreamBuffer()
     buffer.add_data(payload_part("é".encode()[:1]) + model_stream_error("boom"))
     first, second = list(buffer)
-    assert first.headers[":event-type"] == "PayloadPart"
+    # botocore-stubs type EventStreamMessage.headers as int; botocore decodes them to a dict.
+    assert first.headers[":event-type"] == "PayloadPart"  # type: ignore[index]
     assert first.payload == "é".encode()[:1]
-    assert second.headers[":exception-type"] == "ModelStreamError"
+    assert second.headers[":exception-type"] == "ModelStreamError"  # type: ignore[index]
     assert json.loads(second.payload)["Message"] == "boom"
 
 
@@ -161,7 +163,7 @@ def test_the_hand_built_frames_decode_with_botocores_parser() -> None:
         },
     ],
 )
-def test_a_vllm_error_event_keeps_its_status(event: dict) -> None:
+def test_a_vllm_error_event_keeps_its_status(event: dict[str, Any]) -> None:
     """vLLM streams an error as one `data: {error}` event whose code is the HTTP status it would
     have answered (vllm entrypoints/openai/engine/protocol.py ErrorResponse; its serving layer's
     create_streaming_error_response)."""

@@ -61,14 +61,14 @@ def _pins(path: Path) -> dict[str, str]:
     return pins
 
 
-def test_every_bundle_installs_from_a_lock_that_make_lock_writes():
+def test_every_bundle_installs_from_a_lock_that_make_lock_writes() -> None:
     for bundle in (BUSINESS_BUNDLE, FORWARDER_BUNDLE, AUTHORIZER_BUNDLE):
         assert bundle.requirements in LOCKS
         assert "make lock" in bundle.requirements.read_text().splitlines()[1]
 
 
 @pytest.mark.parametrize("lock", LOCKS, ids=lambda p: str(p.relative_to(REPO)))
-def test_lock_pins_every_requirement_with_a_hash(lock):
+def test_lock_pins_every_requirement_with_a_hash(lock: Path) -> None:
     """pip's hash-checking mode needs `==` and a hash on every line, dependencies included."""
     entries = _entries(lock)
     for entry in entries:
@@ -77,7 +77,7 @@ def test_lock_pins_every_requirement_with_a_hash(lock):
 
 
 @pytest.mark.parametrize("lock", LOCKS, ids=lambda p: str(p.relative_to(REPO)))
-def test_lock_holds_what_its_input_pins(lock):
+def test_lock_holds_what_its_input_pins(lock: Path) -> None:
     """A version changed in the human-edited *.in without `make lock` is caught here."""
     source = lock.with_suffix(".in")
     locked = _pins(lock)
@@ -89,7 +89,7 @@ def test_lock_holds_what_its_input_pins(lock):
     assert not stale, f"{lock.name} is older than {source.name} (run make lock): {stale}"
 
 
-def test_lambda_locks_take_the_versions_the_tests_run():
+def test_lambda_locks_take_the_versions_the_tests_run() -> None:
     """The tests import the Lambda code in the venv: a package both have is the same release."""
     venv = _pins(REPO / "requirements.txt")
     for lock in LAMBDA_SRC.glob("requirements*.txt"):
@@ -97,7 +97,7 @@ def test_lambda_locks_take_the_versions_the_tests_run():
         assert not differ, f"{lock.name} vs requirements.txt: {differ}"
 
 
-def test_bundling_installs_the_lock_in_hash_checking_mode_without_upgrading(tmp_path):
+def test_bundling_installs_the_lock_in_hash_checking_mode_without_upgrading(tmp_path: Path) -> None:
     """--require-hashes: a lock entry whose download differs fails the build (pip's docs above);
     --no-deps: the lock is the whole closure, pip adds nothing to it; no --upgrade, which would
     let pip's resolver, not the lock, pick versions."""
@@ -115,7 +115,7 @@ def _model_folders(root: Path) -> ModelBundle:
     return ModelBundle(embedding_dir=root / "embedding", reranker_dir=root / "reranker")
 
 
-def test_model_fingerprint_follows_the_bytes_not_the_file_times(tmp_path):
+def test_model_fingerprint_follows_the_bytes_not_the_file_times(tmp_path: Path) -> None:
     """CDK reuses an asset whose custom hash is unchanged (AssetHashType.CUSTOM): touching the
     files must not cause a new upload, changing a byte must."""
     bundle = _model_folders(tmp_path)
@@ -127,7 +127,7 @@ def test_model_fingerprint_follows_the_bytes_not_the_file_times(tmp_path):
     assert bundle.fingerprint() != before
 
 
-def test_model_fingerprint_reads_the_pinned_checksums_in_a_fetched_folder(tmp_path):
+def test_model_fingerprint_reads_the_pinned_checksums_in_a_fetched_folder(tmp_path: Path) -> None:
     """A folder tools.fetch_models filled (its source.json names the locked commit; the files
     were verified against the lock) is fingerprinted by the lock's sha256s: re-pinning a model
     changes the asset hash; a folder from elsewhere, without source.json, is read instead."""
@@ -149,7 +149,7 @@ def test_model_fingerprint_reads_the_pinned_checksums_in_a_fetched_folder(tmp_pa
     assert bundle.fingerprint() != pinned
 
 
-def test_byte_code_is_the_same_wherever_the_bundle_is_built(tmp_path):
+def test_byte_code_is_the_same_wherever_the_bundle_is_built(tmp_path: Path) -> None:
     """A .pyc records its source path (code.co_filename). Lambda unpacks the code in
     LAMBDA_TASK_ROOT, /var/task ("Defined runtime environment variables", AWS Lambda Developer
     Guide, https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html), so the byte

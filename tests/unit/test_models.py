@@ -96,7 +96,7 @@ def test_every_option_is_accepted_within_its_bounds() -> None:
         ({"query": "q", "generation": []}, "generation: must be a JSON object"),
     ],
 )
-def test_invalid_bodies_name_the_field(body: dict, message: str) -> None:
+def test_invalid_bodies_name_the_field(body: dict[str, Any], message: str) -> None:
     assert rejection(body).startswith(message)
 
 

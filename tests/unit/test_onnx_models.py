@@ -138,9 +138,10 @@ def test_length_sorted_batches_keep_the_passages_order_and_scores(
 
     def recording_run(names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         widths.append(feed["input_ids"].shape[1])
-        return run(names, feed)
+        outputs: list[np.ndarray] = run(names, feed)
+        return outputs
 
-    sorted_batches.session = _SessionSpy(recording_run)  # type: ignore[assignment]
+    sorted_batches.session = _SessionSpy(recording_run)
     # When scored in length-sorted batches
     scores = sorted_batches.score("deploy llama", passages)
     # Then each passage keeps its score and place, and shorter batches ran at their own width

@@ -62,7 +62,9 @@ def test_already_pinned_config_is_left_alone(tmp_path: Path, hub: HfHub) -> None
     assert path.read_text() == text
 
 
-def test_unknown_branch_fails_without_touching_the_file(tmp_path: Path, hub: HfHub, capsys) -> None:
+def test_unknown_branch_fails_without_touching_the_file(
+    tmp_path: Path, hub: HfHub, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _copy(tmp_path, "twin-llama-3.1-8b")
     path.write_text(path.read_text().replace("hf_revision: main", "hf_revision: no-such-branch"))
     text = path.read_text()

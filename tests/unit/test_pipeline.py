@@ -8,12 +8,15 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import datetime
+from typing import Any
 
 import pytest
 
 from devkit.fakes.memory import (
     SAMPLE_CHUNKS,
     FailingSink,
+    FakeWorld,
     LLMCall,
     OverlapReranker,
     ScriptedLLM,
@@ -34,7 +37,7 @@ from rag.domain.ports import Chunk
 from rag.domain.prompt import NO_CONTEXT_NOTE
 
 PAUL_QUERY = "Write a post like Paul Iusztin about RAG retrieval"
-CHAT_PROFILE = {
+CHAT_PROFILE: dict[str, Any] = {
     "name": "chat-model",
     "model_id": "example/chat-model",
     "revision": "abc123",
@@ -62,13 +65,13 @@ def executor() -> Iterator[ThreadPoolExecutor]:
     pool.shutdown(wait=True)
 
 
-def only_event(world_sink: object) -> dict:
+def only_event(world_sink: object) -> Any:
     events = world_sink.events  # type: ignore[attr-defined]
     assert len(events) == 1
     return events[0]
 
 
-def span(event: dict, name: str) -> dict:
+def span(event: dict[str, Any], name: str) -> Any:
     (found,) = [s for s in event["spans"] if s["name"] == name]
     return found
 
@@ -568,7 +571,7 @@ class SteppingClock:
         self._t = 0.0
         self.step_s = step_s
 
-    def now(self):
+    def now(self) -> datetime:
         return self._wall.now()
 
     def perf_s(self) -> float:
@@ -576,7 +579,8 @@ class SteppingClock:
         return self._t
 
 
-def _generate_calls(world) -> list:
+def _generate_calls(world: FakeWorld) -> list[Any]:
+    assert world.llm is not None
     return [c for c in world.llm.calls if c.purpose == "generate"]
 
 

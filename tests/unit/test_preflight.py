@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import boto3
 import pytest
@@ -91,7 +92,7 @@ def qdrant_with(sizes: dict[str, int]) -> QdrantClient:
 
 
 def test_missing_credentials_fail_with_how_to_set_them(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # Given no credentials anywhere boto3 looks (env, files, instance metadata)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -111,7 +112,7 @@ def test_missing_credentials_fail_with_how_to_set_them(
 
 
 def test_missing_region_fails(
-    aws: boto3.Session, monkeypatch: pytest.MonkeyPatch, tmp_path
+    aws: boto3.Session, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     monkeypatch.delenv("AWS_REGION", raising=False)
@@ -426,7 +427,7 @@ def test_main_reports_a_bad_model_name(capsys: pytest.CaptureFixture[str]) -> No
     assert "unknown model 'no-such-model'" in capsys.readouterr().out
 
 
-def test_hf_token_secret_must_hold_the_bare_token():
+def test_hf_token_secret_must_hold_the_bare_token() -> None:
     from tools.preflight import parse_secret_token
 
     assert parse_secret_token(" hf_abc \n") == "hf_abc"
@@ -436,7 +437,7 @@ def test_hf_token_secret_must_hold_the_bare_token():
         parse_secret_token("  ")
 
 
-def test_an_unreachable_hub_is_a_fail_line_not_a_traceback():
+def test_an_unreachable_hub_is_a_fail_line_not_a_traceback() -> None:
     from stacks.config import load_model_config
     from tools.preflight import HfToken, check_hub
 
@@ -444,10 +445,10 @@ def test_an_unreachable_hub_is_a_fail_line_not_a_traceback():
         """What the Hub client raises when DNS or TCP fails (not an OSError)."""
 
     class UnreachableHub:
-        def model_info(self, *args, **kwargs):
+        def model_info(self, *args: Any, **kwargs: Any) -> NoReturn:
             raise TransportError("[Errno -2] Name or service not known")
 
-        def config_json(self, *args, **kwargs):
+        def config_json(self, *args: Any, **kwargs: Any) -> NoReturn:
             raise AssertionError("not reached")
 
     results = check_hub(
@@ -486,7 +487,7 @@ def test_an_existing_logging_role_passes_and_a_deleted_one_fails(aws: boto3.Sess
     apigateway.update_account(
         patchOperations=[{"op": "replace", "path": "/cloudwatchRoleArn", "value": arn}]
     )
-    args = {"account": "123456789012", "region": REGION, "stack_creates_it": False}
+    args: dict[str, Any] = {"account": "123456789012", "region": REGION, "stack_creates_it": False}
     assert preflight.check_api_gateway_role(apigateway, iam, **args).status == "PASS"
     # the state a destroyed stack that owned AWS::ApiGateway::Account leaves (aws-cdk#12769)
     iam.delete_role(RoleName="apigw-logs")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,14 +17,14 @@ OUTPUTS = {
 }
 
 
-def test_deploy_prints_a_ready_curl_line_with_the_key_command():
+def test_deploy_prints_a_ready_curl_line_with_the_key_command() -> None:
     text = render(OUTPUTS)
     assert "export API_KEY=$(aws apigateway get-api-key --api-key k1 --include-value" in text
     assert "curl -s -X POST https://abc123.execute-api.eu-west-1.amazonaws.com/v1/rag" in text
     assert "make destroy" in text
 
 
-def test_missing_outputs_say_what_to_do(tmp_path, capsys):
+def test_missing_outputs_say_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path / "none.json")]) == 1
     assert "run make deploy first" in capsys.readouterr().err
     path = tmp_path / "o.json"

@@ -9,6 +9,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from devkit.fakes.memory import chunk
 from rag.domain.errors import BadRequest
+from rag.domain.ports import Chunk
 from rag.domain.prompt import (
     ALPACA_PREAMBLE,
     CONVERSATION_NOTE,
@@ -32,7 +33,7 @@ COUNTER = Utf8ByteEstimate()
 ROOMY_BUDGET = 10_000
 
 
-def alpaca(query: str, chunks: list, budget: int = ROOMY_BUDGET):
+def alpaca(query: str, chunks: list[Chunk], budget: int = ROOMY_BUDGET) -> BuiltPrompt:
     return build_prompt(
         query, chunks, prompt_format="alpaca", budget_tokens=budget, counter=COUNTER
     )

@@ -74,7 +74,7 @@ def received(sqs: Any, queue_url: str) -> list[dict[str, Any]]:
 # SQS -----------------------------------------------------------------------------------------
 
 
-def test_an_event_lands_on_the_queue_as_json(sqs: Any, queue_url: str):
+def test_an_event_lands_on_the_queue_as_json(sqs: Any, queue_url: str) -> None:
     # Given an SQS sink on a queue
     metrics: Counter[str] = Counter()
     sink = SqsTraceSink(queue_url, client=sqs, count_metric=counting(metrics), logger=TEST_LOGGER)
@@ -88,7 +88,7 @@ def test_an_event_lands_on_the_queue_as_json(sqs: Any, queue_url: str):
     assert metrics == Counter()
 
 
-def test_an_sqs_failure_is_logged_and_counted_and_never_raised(sqs: Any):
+def test_an_sqs_failure_is_logged_and_counted_and_never_raised(sqs: Any) -> None:
     # Given a sink whose queue does not exist (SQS answers with an error)
     metrics: Counter[str] = Counter()
     missing = "https://sqs.eu-west-1.amazonaws.com/123456789012/no-such-queue"
@@ -108,7 +108,7 @@ def test_an_sqs_failure_is_logged_and_counted_and_never_raised(sqs: Any):
     assert "my secret question" not in json.dumps(line)
 
 
-def test_an_oversized_event_is_trimmed_to_fit_and_still_lands(sqs: Any, queue_url: str):
+def test_an_oversized_event_is_trimmed_to_fit_and_still_lands(sqs: Any, queue_url: str) -> None:
     # Given an event whose retrieved context alone is 1.5 MiB
     metrics: Counter[str] = Counter()
     sink = SqsTraceSink(queue_url, client=sqs, count_metric=counting(metrics), logger=TEST_LOGGER)
@@ -132,7 +132,7 @@ def small_limit_event() -> dict[str, Any]:
     return make_trace_event(context="C" * 3000, answer="A" * 500)
 
 
-def test_trimming_cuts_context_first_with_a_marker_and_keeps_prompt_and_answer():
+def test_trimming_cuts_context_first_with_a_marker_and_keeps_prompt_and_answer() -> None:
     # Given an event over a small limit, where cutting the context is enough
     event = small_limit_event()
     size = len(json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode())
@@ -156,7 +156,7 @@ def test_trimming_cuts_context_first_with_a_marker_and_keeps_prompt_and_answer()
     assert encode_for_sqs(event, limit) == (body, trimmed)
 
 
-def test_trimming_reaches_the_prompt_and_then_the_answer_only_when_it_must():
+def test_trimming_reaches_the_prompt_and_then_the_answer_only_when_it_must() -> None:
     # Given a limit the event cannot meet by cutting context alone
     event = small_limit_event()
 
@@ -173,7 +173,7 @@ def test_trimming_reaches_the_prompt_and_then_the_answer_only_when_it_must():
     assert "…[trimmed " in out["output"]["answer"]
 
 
-def test_an_event_that_fits_is_sent_untouched():
+def test_an_event_that_fits_is_sent_untouched() -> None:
     event = make_trace_event()
     body, trimmed = encode_for_sqs(event, SQS_MAX_MESSAGE_BYTES)
     assert trimmed == []
@@ -183,7 +183,7 @@ def test_an_event_that_fits_is_sent_untouched():
 # Sampling --------------------------------------------------------------------------------------
 
 
-def test_sampling_keeps_about_the_rate_and_records_it():
+def test_sampling_keeps_about_the_rate_and_records_it() -> None:
     # Given a 25 % sampling policy with a seeded generator
     memory = MemoryTraceSink()
     metrics: Counter[str] = Counter()
@@ -205,7 +205,7 @@ def test_sampling_keeps_about_the_rate_and_records_it():
     assert metrics[METRIC_SAMPLED_OUT] == 400 - len(memory.events)
 
 
-def test_errors_are_always_kept_whatever_the_rate():
+def test_errors_are_always_kept_whatever_the_rate() -> None:
     # Given a policy that samples everything out
     memory = MemoryTraceSink()
     sink = PolicySink(memory, sample_rate=0.0, redaction="none", count_metric=lambda _: None)
@@ -222,7 +222,7 @@ def test_errors_are_always_kept_whatever_the_rate():
 # Redaction -------------------------------------------------------------------------------------
 
 
-def test_hash_query_replaces_every_text_with_its_keyed_digest():
+def test_hash_query_replaces_every_text_with_its_keyed_digest() -> None:
     # Given a hash_query policy (tests/unit/test_trace_redaction.py runs real pipeline events)
     memory = MemoryTraceSink()
     sink = PolicySink(
@@ -248,12 +248,12 @@ def test_hash_query_replaces_every_text_with_its_keyed_digest():
     assert event["input"]["query"] == query
 
 
-def test_hash_query_without_a_key_is_refused():
+def test_hash_query_without_a_key_is_refused() -> None:
     with pytest.raises(ValueError, match="hash key"):
         PolicySink(MemoryTraceSink(), sample_rate=1, redaction="hash_query")
 
 
-def test_drop_texts_removes_every_text_but_keeps_ids_scores_timings_and_usage():
+def test_drop_texts_removes_every_text_but_keeps_ids_scores_timings_and_usage() -> None:
     # Given a drop_texts policy
     memory = MemoryTraceSink()
     sink = PolicySink(memory, sample_rate=1, redaction="drop_texts", count_metric=lambda _: None)
@@ -284,7 +284,7 @@ def test_drop_texts_removes_every_text_but_keeps_ids_scores_timings_and_usage():
     assert out["metadata"]["model_id"] == event["metadata"]["model_id"]
 
 
-def test_a_bad_policy_setting_is_refused_with_the_allowed_values():
+def test_a_bad_policy_setting_is_refused_with_the_allowed_values() -> None:
     with pytest.raises(ValueError, match="none, hash_query or drop_texts"):
         PolicySink(MemoryTraceSink(), sample_rate=1, redaction="everything")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"0\.\.1"):
@@ -294,7 +294,7 @@ def test_a_bad_policy_setting_is_refused_with_the_allowed_values():
 # Local mode ------------------------------------------------------------------------------------
 
 
-def test_jsonl_sink_writes_one_whole_line_per_event_from_many_threads(tmp_path: Path):
+def test_jsonl_sink_writes_one_whole_line_per_event_from_many_threads(tmp_path: Path) -> None:
     # Given a JSONL sink shared by the local server's threads
     path = tmp_path / "traces" / "traces.jsonl"
     sink = JsonlTraceSink(path, logger=TEST_LOGGER)
@@ -323,7 +323,7 @@ class BrokenSink:
         raise RuntimeError("broken")
 
 
-def test_fanout_keeps_sending_when_one_sink_breaks_its_contract():
+def test_fanout_keeps_sending_when_one_sink_breaks_its_contract() -> None:
     memory = MemoryTraceSink()
     FanoutSink(BrokenSink(), memory, logger=TEST_LOGGER).send(make_trace_event())
     assert len(memory.events) == 1
@@ -332,7 +332,7 @@ def test_fanout_keeps_sending_when_one_sink_breaks_its_contract():
 
 def test_build_sink_sends_to_the_queue_and_the_file_the_settings_name(
     sqs: Any, queue_url: str, tmp_path: Path
-):
+) -> None:
     # Given settings naming both a queue and a trace file, with hashing on
     path = tmp_path / "traces.jsonl"
     settings = Settings.from_env(

@@ -68,7 +68,7 @@ def _client(environ: dict[str, str]) -> TestClient:
     return TestClient(app)
 
 
-def test_before_snapshot_builds_everything_and_runs_each_model_once(world) -> None:
+def test_before_snapshot_builds_everything_and_runs_each_model_once(world: dict[str, Any]) -> None:
     client = _client(snapstart.HOOK_PATHS)
     answer = client.post(snapstart.HOOK_PATHS[snapstart.BEFORE_SNAPSHOT_ENV])
     assert answer.status_code == 204
@@ -77,7 +77,9 @@ def test_before_snapshot_builds_everything_and_runs_each_model_once(world) -> No
     assert world["models"]["reranker"].calls == 1
 
 
-def test_after_restore_renews_every_network_client_and_keeps_the_models(world) -> None:
+def test_after_restore_renews_every_network_client_and_keeps_the_models(
+    world: dict[str, Any],
+) -> None:
     client = _client(snapstart.HOOK_PATHS)
     client.post(snapstart.HOOK_PATHS[snapstart.BEFORE_SNAPSHOT_ENV])
     snapshotted = wiring.get_deps()
@@ -95,7 +97,9 @@ def test_after_restore_renews_every_network_client_and_keeps_the_models(world) -
     assert restored.settings is snapshotted.settings
 
 
-def test_a_failed_restore_answers_non_2xx_so_no_traffic_reaches_stale_clients(world) -> None:
+def test_a_failed_restore_answers_non_2xx_so_no_traffic_reaches_stale_clients(
+    world: dict[str, Any],
+) -> None:
     client = TestClient(_client(snapstart.HOOK_PATHS).app, raise_server_exceptions=False)
     client.post(snapstart.HOOK_PATHS[snapstart.BEFORE_SNAPSHOT_ENV])
     world["fail"] = True
@@ -103,14 +107,16 @@ def test_a_failed_restore_answers_non_2xx_so_no_traffic_reaches_stale_clients(wo
     assert not 200 <= answer.status_code < 300
 
 
-def test_a_restore_before_anything_was_built_leaves_the_first_request_to_build(world) -> None:
+def test_a_restore_before_anything_was_built_leaves_the_first_request_to_build(
+    world: dict[str, Any],
+) -> None:
     client = _client(snapstart.HOOK_PATHS)
     assert client.post(snapstart.HOOK_PATHS[snapstart.AFTER_RESTORE_ENV]).status_code == 204
     assert world["client_builds"] == 0
     assert wiring._deps is None
 
 
-def test_hooks_exist_only_where_the_adapter_guards_them(world) -> None:
+def test_hooks_exist_only_where_the_adapter_guards_them(world: dict[str, Any]) -> None:
     # The adapter answers 403 to outside requests only for configured hook paths; without the
     # variables (SnapStart off, or local mode with no adapter) the routes must not exist.
     client = _client({})

@@ -40,7 +40,9 @@ def _streamed(text: str, stop: tuple[str, ...], piece_chars: int) -> str:
         ("Kept whole.", ("", "END"), "Kept whole."),
     ],
 )
-def test_buffered_streamed_and_parsed_answers_end_at_the_same_place(generated, stop, answer):
+def test_buffered_streamed_and_parsed_answers_end_at_the_same_place(
+    generated: str, stop: tuple[str, ...], answer: str
+) -> None:
     tgi = parse_generate_response(
         [{"generated_text": generated, "details": {"finish_reason": "stop_sequence"}}], stop
     )

@@ -77,7 +77,9 @@ def strings(value: Any) -> Iterator[str]:
             yield from strings(item)
 
 
-def traced(tmp_path: Path, mode: str, route: str, prompt_format: str = "alpaca") -> list[dict]:
+def traced(
+    tmp_path: Path, mode: str, route: str, prompt_format: str = "alpaca"
+) -> list[dict[str, Any]]:
     """Two identical requests through the pipeline and the sink the settings build."""
     env = {
         **chat_or_alpaca(prompt_format),
@@ -97,7 +99,7 @@ def traced(tmp_path: Path, mode: str, route: str, prompt_format: str = "alpaca")
     return [json.loads(line) for line in lines]
 
 
-def leaks(event: dict) -> list[str]:
+def leaks(event: dict[str, Any]) -> list[str]:
     return [text for text in strings(event) for part in DERIVED if part in text]
 
 
@@ -173,7 +175,7 @@ def test_the_local_key_file_is_created_once_readable_by_its_owner_only(tmp_path:
     second = Settings.from_env(env).trace_hash_key()
 
     # Then it was made once, random (256 bits), mode 0600
-    assert first == second and len(first) >= 32
+    assert first is not None and first == second and len(first) >= 32
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
 
 
@@ -198,7 +200,7 @@ def test_hash_query_without_a_key_is_a_clear_settings_error() -> None:
         Settings.from_env({"TRACE_REDACTION": "hash_query"}).trace_hash_key()
 
 
-def test_hash_query_with_traces_off_needs_no_key_and_sends_nothing():
+def test_hash_query_with_traces_off_needs_no_key_and_sends_nothing() -> None:
     """Deployed without Opik the Lambda gets no trace queue and no key secret (nothing is
     sent, so nothing needs keying): TRACE_REDACTION=hash_query must not fail the cold start."""
     settings = Settings.from_env({"TRACE_REDACTION": "hash_query"})

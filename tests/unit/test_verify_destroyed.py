@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -29,7 +30,7 @@ class _Session(boto3.Session):
         super().__init__(region_name=REGION)
         self._components = components
 
-    def client(self, service_name, *args, **kwargs):
+    def client(self, service_name: Any, *args: Any, **kwargs: Any) -> Any:
         client = super().client(service_name, *args, **kwargs)
         return self._components.attach(client) if service_name == "sagemaker" else client
 
@@ -46,7 +47,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Session]:
         yield _Session(FakeInferenceComponents(region=REGION))
 
 
-def _endpoint(sm, name: str, tags: list[dict[str, str]] | None = None) -> None:
+def _endpoint(sm: Any, name: str, tags: list[dict[str, str]] | None = None) -> None:
     sm.create_model(
         ModelName=f"{name}-model",
         ExecutionRoleArn=ROLE,
@@ -152,7 +153,9 @@ def test_main_exits_non_zero_while_resources_remain(aws: _Session) -> None:
     assert verify_destroyed.main(["--project", PROJECT], session=aws) == 1
 
 
-def test_without_a_region_it_says_how_to_name_one(monkeypatch, capsys):
+def test_without_a_region_it_says_how_to_name_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import boto3
 
     from tools.verify_destroyed import main

@@ -146,7 +146,8 @@ class OnnxEmbedder(_OnnxTextModel):
         else:  # a graph that pools itself
             pooled = states
         norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), _NORM_EPS)
-        return (pooled / norms).astype(np.float32)
+        embeddings: npt.NDArray[np.float32] = (pooled / norms).astype(np.float32)
+        return embeddings
 
 
 class OnnxCrossEncoder(_OnnxTextModel):

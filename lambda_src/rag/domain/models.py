@@ -9,6 +9,7 @@ message names the field, e.g. "k: must be <= 20".
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import (
@@ -158,7 +159,7 @@ def _describe_one(err: Any) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "body"
     ctx = err.get("ctx") or {}
     kind = err["type"]
-    messages = {
+    messages: dict[str, Callable[[], str]] = {
         "less_than_equal": lambda: f"must be <= {ctx.get('le')}",
         "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}",
         "greater_than": lambda: f"must be > {ctx.get('gt')}",
