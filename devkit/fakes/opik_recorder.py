@@ -331,9 +331,6 @@ def _in_window(item_id: str, window_s: float) -> bool:
     return parsed.version == 7 and time.time() - (parsed.int >> 80) / 1000 <= window_s
 
 
-SPAN_NAMES = ("self_query", "query_expansion", "embed", "search", "rerank", "prompt", "generate")
-
-
 def make_trace_event(
     *,
     query: str = "What did Paul write about RAG evaluation?",
@@ -353,6 +350,7 @@ def make_trace_event(
         {"id": new_id(), "collection": "embedded_articles", "content": context, "score": 0.91},
         {"id": new_id(), "collection": "embedded_posts", "content": context[::-1], "score": 0.42},
     ]
+    # Literal names on purpose: this is the wire event (docs/CONTRACTS.md), in pipeline order.
     io: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         "self_query": ({"query": query}, {"author": "Paul Iusztin"}),
         "query_expansion": ({"query": query, "n": 3}, {"queries": [query, f"{query} metrics"]}),
@@ -363,8 +361,7 @@ def make_trace_event(
         "generate": ({"prompt": prompt}, {"text": answer, "finish_reason": "eos_token"}),
     }
     spans = []
-    for index, name in enumerate(SPAN_NAMES):
-        span_in, span_out = io[name]
+    for index, (name, (span_in, span_out)) in enumerate(io.items()):
         spans.append(
             {
                 "id": new_id(),

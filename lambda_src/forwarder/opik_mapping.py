@@ -29,22 +29,27 @@ from opik.rest_api.types.span_write import SpanWrite
 from opik.rest_api.types.trace_write import TraceWrite
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-SpanName = Literal[
-    "self_query", "query_expansion", "embed", "search", "rerank", "prompt", "generate"
-]
+from trace_contract import SpanName
+
 UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 """Statuses that mean Opik (or its gateway) is down or shedding load, not that this trace is bad."""
 AUTH_STATUSES = frozenset({401, 403})
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
-SPAN_CONTEXT_KEYS: dict[str, tuple[str, ...]] = {
-    "self_query": ("model_id", "model_revision", "endpoint", "inference_component"),
-    "query_expansion": ("model_id", "model_revision", "endpoint", "inference_component"),
-    "embed": ("embedding_model",),
-    "search": ("embedding_model", "k", "collections"),
-    "rerank": ("reranker_model", "k"),
-    "prompt": ("prompt_format",),
-    "generate": ("model_id", "model_revision", "endpoint", "inference_component", "prompt_format"),
+SPAN_CONTEXT_KEYS: dict[SpanName, tuple[str, ...]] = {
+    SpanName.SELF_QUERY: ("model_id", "model_revision", "endpoint", "inference_component"),
+    SpanName.QUERY_EXPANSION: ("model_id", "model_revision", "endpoint", "inference_component"),
+    SpanName.EMBED: ("embedding_model",),
+    SpanName.SEARCH: ("embedding_model", "k", "collections"),
+    SpanName.RERANK: ("reranker_model", "k"),
+    SpanName.PROMPT: ("prompt_format",),
+    SpanName.GENERATE: (
+        "model_id",
+        "model_revision",
+        "endpoint",
+        "inference_component",
+        "prompt_format",
+    ),
 }
 """Trace metadata each span repeats, so a span read on its own in Opik says what produced it."""
 
@@ -235,7 +240,7 @@ def to_span_writes(event: TraceEvent, *, project_name: str) -> list[SpanWrite]:
             if key in event.metadata
         }
         usage = _usage(span.usage)
-        if usage is None and span.name == "generate":
+        if usage is None and span.name == SpanName.GENERATE:
             usage = _usage(event.usage)
         spans.append(
             SpanWrite(

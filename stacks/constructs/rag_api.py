@@ -64,7 +64,7 @@ STAGE = "v1"
 
 BUSINESS_BUNDLE = PythonBundle(
     requirements=LAMBDA_SRC / "requirements.txt",
-    packages=("rag", "web"),
+    packages=("rag", "web", "trace_contract"),
     # Pulled in by tokenizers (Hub downloads) and onnxruntime (model tooling), never imported
     # here: models load from files. 36 MB that would push the bundle past Lambda's limit.
     exclude=(

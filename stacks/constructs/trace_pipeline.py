@@ -35,7 +35,7 @@ FORWARDER_BUNDLE = PythonBundle(
     requirements=LAMBDA_SRC / "requirements-forwarder.txt",
     # Its lock is hand-listed (opik's declared dependencies come to 392 MB, over Lambda's
     # 250 MB; the REST client the forwarder uses imports none of them): see its .in file.
-    packages=("forwarder",),
+    packages=("forwarder", "trace_contract"),
 )
 
 

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLED = ("lambda_src/rag", "lambda_src/web", "lambda_src/forwarder", "lambda_src/authorizer")
+BUNDLED = (
+    "lambda_src/rag",
+    "lambda_src/web",
+    "lambda_src/forwarder",
+    "lambda_src/authorizer",
+    "lambda_src/trace_contract",
+)
 
 
 def imported_roots(path: Path) -> set[str]:

@@ -37,6 +37,7 @@ from rag.domain.tracing import (
     usage_of,
 )
 from rag.settings import ModelProfile
+from trace_contract import SpanName
 
 ALPACA_STOP = ("### Instruction:", "### Response:")
 """An alpaca model that starts a new section has finished its answer."""
@@ -79,7 +80,7 @@ def generate_answer(
             "allowed": affordable,
         }
         params = replace(params, max_new_tokens=affordable)
-    with trace.span("generate", type="llm", input=prompt_input(built)) as span:
+    with trace.span(SpanName.GENERATE, type="llm", input=prompt_input(built)) as span:
         generation = _generate(llm, built, params, timeout_s)
         text = cut_at_stop(generation.text, params.stop).strip()
         span.output = {"answer": text}
@@ -105,7 +106,7 @@ def prepare_answer(
     retrieval = retrieve_chunks(req, deps, trace)
     params = generation_params(profile, req, conversation.stop)
 
-    with trace.span("prompt") as span:
+    with trace.span(SpanName.PROMPT) as span:
         budget = input_budget_tokens(
             max_input_tokens=profile.max_input_tokens,
             max_total_tokens=profile.max_total_tokens,

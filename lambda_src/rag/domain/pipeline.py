@@ -49,6 +49,7 @@ from rag.domain.tracing import (
     trace_input,
     usage_of,
 )
+from trace_contract import SpanName
 
 
 def retrieve(req: RetrieveRequest, deps: Deps) -> RetrievalOutcome:
@@ -113,7 +114,7 @@ def answer_stream(
         llm, retrieval, built, params = prepare_answer(req, deps, trace, conversation)
         settings = deps.settings
         budget_s = effective_budget_s(settings.stream_budget_s, time_left_s)
-        with trace.span("generate", type="llm", input=prompt_input(built)) as span:
+        with trace.span(SpanName.GENERATE, type="llm", input=prompt_input(built)) as span:
             stream = open_stream(llm, built, params, settings.llm_stream_stall_s)
             try:
                 yield RetrievalEvent(retrieval)

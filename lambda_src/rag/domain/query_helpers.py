@@ -36,6 +36,7 @@ from rag.domain.tracing import (
     usage_of,
 )
 from rag.settings import ModelProfile
+from trace_contract import SpanName
 
 SELF_QUERY_MAX_NEW_TOKENS = 48
 EXPANSION_MAX_NEW_TOKENS_PER_QUERY = 80
@@ -107,7 +108,9 @@ def run_helpers(
     """Run the wanted helpers side by side, each bounded by LLM_HELPER_TIMEOUT_S; on any
     failure fall back (no author / no alternatives) and record why."""
     wanted = [
-        name for name, on in (("self_query", self_query), ("query_expansion", expansion)) if on
+        name
+        for name, on in ((SpanName.SELF_QUERY, self_query), (SpanName.QUERY_EXPANSION, expansion))
+        if on
     ]
     llm = deps.llm
     if llm is None:
@@ -117,14 +120,14 @@ def run_helpers(
 
     settings, profile = deps.settings, deps.profile
     timeout_s = settings.llm_helper_timeout_s
-    calls: dict[str, Callable[[], tuple[Any, Generation]]] = {}
+    calls: dict[SpanName, Callable[[], tuple[Any, Generation]]] = {}
     if self_query:
-        calls["self_query"] = lambda: _extract_author(llm, query, profile, timeout_s)
+        calls[SpanName.SELF_QUERY] = lambda: _extract_author(llm, query, profile, timeout_s)
     if expansion:
         n = settings.expansion_n - 1
-        calls["query_expansion"] = lambda: _expand(llm, query, n, profile, timeout_s)
+        calls[SpanName.QUERY_EXPANSION] = lambda: _expand(llm, query, n, profile, timeout_s)
     submitted_at, submitted_perf_s = deps.clock.now(), deps.clock.perf_s()
-    futures: dict[str, Future[_Timed[Any]]] = {
+    futures: dict[SpanName, Future[_Timed[Any]]] = {
         name: deps.executor.submit(_timed_call, deps.clock, call) for name, call in calls.items()
     }
     wait(futures.values(), timeout=timeout_s)
@@ -154,7 +157,7 @@ def run_helpers(
             span.usage = usage_of(
                 timed.generation.prompt_tokens, timed.generation.completion_tokens
             )
-        if name == "self_query":
+        if name == SpanName.SELF_QUERY:
             author, note = _accept_author(timed.value, query)
             author_source = "self_query" if author else "none"
             span.output = {"author_full_name": author}
@@ -201,7 +204,7 @@ def _extract_author(
     generation = _helper_generate(
         llm, SELF_QUERY_INSTRUCTION, query, profile, params, SELF_QUERY_SCHEMA, timeout_s
     )
-    value = _parse_json_object(generation.text, "self_query").get("author_full_name")
+    value = _parse_json_object(generation.text, SpanName.SELF_QUERY).get("author_full_name")
     if value is not None and not isinstance(value, str):
         raise ModelError("self_query: author_full_name is not a string")
     return value, generation
@@ -234,7 +237,7 @@ def _expand(
     generation = _helper_generate(
         llm, instruction, query, profile, params, expansion_schema(n), timeout_s
     )
-    queries = _parse_json_object(generation.text, "query_expansion").get("queries")
+    queries = _parse_json_object(generation.text, SpanName.QUERY_EXPANSION).get("queries")
     if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
         raise ModelError("query_expansion: queries is not a list of strings")
     return queries, generation

@@ -20,6 +20,7 @@ from rag.domain.ports import (
 )
 from rag.domain.query_helpers import run_helpers
 from rag.domain.trace import TraceRecorder
+from trace_contract import SpanName
 
 
 def retrieve_chunks(req: RetrieveRequest, deps: Deps, trace: TraceRecorder) -> RetrievalOutcome:
@@ -34,12 +35,12 @@ def retrieve_chunks(req: RetrieveRequest, deps: Deps, trace: TraceRecorder) -> R
     trace.metadata.update(author_filter=author, author_source=author_source)
     queries = [req.query, *alternatives]
 
-    with trace.span("embed", input={"queries": queries}) as span:
+    with trace.span(SpanName.EMBED, input={"queries": queries}) as span:
         vectors = deps.embedder.embed(queries)
         span.metadata = {"model": deps.embedder.model_id, "dim": deps.embedder.dim}
         span.output = {"vectors": len(vectors)}
 
-    with trace.span("search", input={"queries": len(queries), "author": author}) as span:
+    with trace.span(SpanName.SEARCH, input={"queries": len(queries), "author": author}) as span:
         result = deps.store.search(vectors, limit=req.k, author=author)
         span.output = {"candidates": len(result.chunks)}
         span.metadata = {"limit_per_query_and_collection": req.k, "warnings": result.warnings}
@@ -74,14 +75,16 @@ def rerank(
         deps.settings.max_chunks_per_document,
     )
     try:
-        with trace.span("rerank", input={"candidates": len(candidates), "found": found}) as span:
+        with trace.span(
+            SpanName.RERANK, input={"candidates": len(candidates), "found": found}
+        ) as span:
             scores = reranker.score(query, [c.content for c in candidates])
             if len(scores) != len(candidates):
                 raise ModelError(f"reranker returned {len(scores)} scores for {len(candidates)}")
             span.metadata = {"model": reranker.model_id}
     except Exception:
         obs.logger.exception("rerank failed, keeping vector order")
-        trace.fallback("rerank")
+        trace.fallback(SpanName.RERANK)
         return candidates
     rescored = [replace(c, score=float(s)) for c, s in zip(candidates, scores, strict=True)]
     ranked = sorted(rescored, key=lambda c: -c.score)

@@ -11,14 +11,16 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
+from trace_contract import SpanName
+
 TRIM_MARKER = "…[trimmed {n} chars]"
 """Appended where text was cut: a reader in Opik sees the field is incomplete, and by how much."""
 
 Redaction = Literal["none", "hash_query", "drop_texts"]
 SPAN_KEYS = ("input", "output")
-PROMPT_FIELDS = (("prompt", "output"), ("generate", "input"))
+PROMPT_FIELDS = ((SpanName.PROMPT, "output"), (SpanName.GENERATE, "input"))
 """(span name, field) pairs that hold the assembled prompt."""
-ANSWER_FIELDS = (("generate", "output"),)
+ANSWER_FIELDS = ((SpanName.GENERATE, "output"),)
 REDACTED_PARTS = ("input", "output", "metadata")
 """Parts of the event and of each span that redaction walks; names, times, usage, tags and error
 codes/messages (the project's own words, never the request's text) are left as they are."""
