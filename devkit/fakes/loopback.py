@@ -1,6 +1,7 @@
 """The lifecycle the protocol fakes share: a threaded HTTP server on 127.0.0.1 that can go down
 and come back on the same port, closing kept-alive client connections when it stops (a stopped
-server that still answered on an open connection would hide exactly the faults tests want)."""
+server that still answered on an open connection would hide exactly the faults tests want) and
+waking the handlers that sleep on purpose (a hang, a stall, token pacing), so `stop` is quick."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import contextlib
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
-SHUTDOWN_POLL_S = 0.05
+SHUTDOWN_POLL_S = 0.02
 """How often the serving thread checks for shutdown; short so `down`/`stop` return quickly."""
 
 
@@ -55,31 +56,78 @@ class TrackedHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         return None
 
+    def send_body(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """A whole response with its Content-Length; a client gone meanwhile (its read timeout,
+        or the fake stopping) just ends the connection."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True
+
+
+F = TypeVar("F")
+
+
+class Faults(Generic[F]):
+    """How a fake misbehaves: queued faults, one per request, then the standing one (if set)."""
+
+    def __init__(self) -> None:
+        self._queued: list[F] = []
+        self._standing: F | None = None
+        self._lock = threading.Lock()
+
+    def queue(self, *faults: F) -> None:
+        with self._lock:
+            self._queued.extend(faults)
+
+    def set(self, fault: F | None) -> None:
+        with self._lock:
+            self._standing = fault
+
+    def next(self) -> F | None:
+        """The fault for the request being served: the next queued one, else the standing one."""
+        with self._lock:
+            return self._queued.pop(0) if self._queued else self._standing
+
 
 class LoopbackServer:
-    """Subclasses give `handler_class()`; `start`, `stop`, `down`, `up`, `url` come from here."""
+    """Subclasses give `handler_class()`; `start`, `stop`, `down`, `up`, `url` come from here.
+    Handlers that wait on purpose wait with `sleep`, which `stop` cuts short."""
 
     thread_name = "loopback-fake"
 
-    def __init__(self, *, port: int = 0) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
         self.port = port
         self.connections = Connections()
+        self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     def handler_class(self) -> type[TrackedHandler]:
         raise NotImplementedError
 
-    def _before_start(self) -> None:
-        """Hook: reset per-run state."""
-
-    def _before_stop(self) -> None:
-        """Hook: wake handlers that are sleeping on purpose."""
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the fake stops meanwhile."""
+        if seconds > 0:
+            self._stopping.wait(seconds)
 
     def start(self) -> Self:
-        self._before_start()
+        self._stopping.clear()
         handler = type("Handler", (self.handler_class(),), {"connections": self.connections})
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        server = ThreadingHTTPServer((self.host, self.port), handler)
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
@@ -93,7 +141,7 @@ class LoopbackServer:
         return self
 
     def stop(self) -> None:
-        self._before_stop()
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -120,4 +168,4 @@ class LoopbackServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"

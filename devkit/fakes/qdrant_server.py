@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from qdrant_client import QdrantClient, models
 
-from devkit.fakes.loopback import LoopbackServer, TrackedHandler
+from devkit.fakes.loopback import Faults, LoopbackServer, TrackedHandler
 
 _ROUTE = re.compile(
     r"^/collections/(?P<name>[^/]+)(?P<rest>/exists|/points/count|/points/query/batch)?$"
@@ -56,9 +57,10 @@ class QdrantFault:
 @dataclass
 class _State:
     backend: QdrantClient
-    fault: QdrantFault | None = None
+    sleep: Callable[[float], None]
+    """The server's `sleep`: a slow answer ends when the fake stops."""
+    faults: Faults[QdrantFault] = field(default_factory=Faults)
     calls: list[str] = field(default_factory=list)
-    stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -67,16 +69,10 @@ class QdrantFake(LoopbackServer):
 
     def __init__(self, backend: QdrantClient, *, port: int = 0) -> None:
         super().__init__(port=port)
-        self._state = _State(backend)
+        self._state = _State(backend, self.sleep)
 
     def handler_class(self) -> type[TrackedHandler]:
         return _handler_for(self._state)
-
-    def _before_start(self) -> None:
-        self._state.stopping.clear()
-
-    def _before_stop(self) -> None:
-        self._state.stopping.set()  # wakes slow handlers
 
     @property
     def calls(self) -> list[str]:
@@ -84,8 +80,7 @@ class QdrantFake(LoopbackServer):
             return list(self._state.calls)
 
     def set_fault(self, fault: QdrantFault | None) -> None:
-        with self._state.lock:
-            self._state.fault = fault
+        self._state.faults.set(fault)
 
 
 def _ok(result: Any) -> tuple[int, dict[str, Any]]:
@@ -105,12 +100,11 @@ def _answer(state: _State, method: str, path: str, body: Any) -> tuple[int, dict
     if match is None:
         return _error(404, f"Not found: {path}")
     name, rest = match["name"], match["rest"] or ""
-    with state.lock:
-        fault = state.fault
+    fault = state.faults.next()
     if fault is not None and fault.kind == "status":
         return _error(fault.status, f"Service internal error: fake fault {fault.status}")
     if fault is not None and fault.kind == "slow":
-        state.stopping.wait(fault.seconds)
+        state.sleep(fault.seconds)
     missing = fault is not None and fault.kind == "missing" and name in fault.collections
     backend = state.backend
     exists = not missing and backend.collection_exists(name)
@@ -148,14 +142,6 @@ def _handler_for(state: _State) -> type[TrackedHandler]:
                 status, payload = _answer(state, self.command, self.path, body)
             except Exception as exc:  # a bug in the fake must show, not hang the client
                 status, payload = _error(500, f"fake failed: {type(exc).__name__}: {exc}")
-            data = json.dumps(payload).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except OSError:  # the client gave up (its timeout) or the fake is stopping
-                self.close_connection = True
+            self.send_body(status, json.dumps(payload).encode())
 
     return Handler

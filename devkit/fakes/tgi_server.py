@@ -24,16 +24,18 @@ import signal
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+
+from devkit.fakes.loopback import Faults, LoopbackServer, TrackedHandler
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPEC_PATH = REPO_ROOT / "docs" / "contracts" / "tgi-openapi.json"
@@ -45,8 +47,6 @@ MAX_STOP_SEQUENCES = 4
 IDLE_CONNECTION_TIMEOUT_S = 5.0
 """A kept-alive connection with no request for this long is closed by the server."""
 AWS_ACCOUNT = "123456789012"
-SHUTDOWN_POLL_S = 0.02
-"""How often the serving loop checks for shutdown (stdlib default 0.5 s slows every test)."""
 
 ERROR_TYPES = {
     422: "validation",
@@ -297,8 +297,66 @@ class Fault:
 # --------------------------------------------------------------------------- the server
 
 
-class TgiServer:
+F = TypeVar("F")
+
+
+class LlmServer(LoopbackServer, Generic[F]):
+    """What the TGI and vLLM fakes share on top of the loopback lifecycle: the responder, the
+    recorded requests, the faults (type F) and what a test reads of streams."""
+
+    def __init__(
+        self,
+        responder: Responder | None,
+        *,
+        model_id: str,
+        token_delay_s: float,
+        host: str,
+        port: int,
+    ) -> None:
+        super().__init__(host=host, port=port)
+        self.responder = responder or json_or(fixed(DEFAULT_ANSWER))
+        self.model_id = model_id
+        self.token_delay_s = token_delay_s
+        """Pacing of streamed tokens: the wait before each one."""
+        self.first_token_sent_s: list[float] = []
+        """time.perf_counter() when each stream's first token was written."""
+        self.streams_closed_early = 0
+        """Streams whose client hung up before the last event."""
+        self.faults: Faults[F] = Faults()
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._ids = itertools.count(1)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def queue(self, *faults: F) -> None:
+        """Misbehave on the next requests, one fault each, then answer normally again."""
+        self.faults.queue(*faults)
+
+    # -- used by the handler
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _next_fault(self) -> F | None:
+        return self.faults.next()
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    def _stream_closed_early(self) -> None:
+        with self._lock:
+            self.streams_closed_early += 1
+
+
+class TgiServer(LlmServer[Fault]):
     """The fake, running in a background thread; a context manager."""
+
+    thread_name = "tgi-fake"
 
     def __init__(
         self,
@@ -311,85 +369,19 @@ class TgiServer:
         port: int = 0,
         model_id: str = MODEL_ID,
     ) -> None:
-        self.responder = responder or json_or(fixed(DEFAULT_ANSWER))
-        self.delay_s = delay_s
-        self.token_delay_s = token_delay_s
-        """Pacing of streamed tokens: the wait before each one."""
-        self.flavor: Flavor = flavor
-        self.first_token_sent_s: list[float] = []
-        """time.perf_counter() when each stream's first token was written."""
-        self.streams_closed_early = 0
-        """Streams whose client hung up before the last event."""
-        self.model_id = model_id
-        self.spec = tgi_spec(flavor)
-        self._lock = threading.Lock()
-        self._requests: list[RecordedRequest] = []
-        self._queued: list[Fault] = []
-        self._fault: Fault | None = None
-        self._stopping = threading.Event()
-        self._ids = itertools.count(1)
-        self._httpd = _Httpd((host, port), _handler_for(self))
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(SHUTDOWN_POLL_S,), daemon=True
+        super().__init__(
+            responder, model_id=model_id, token_delay_s=token_delay_s, host=host, port=port
         )
+        self.delay_s = delay_s
+        self.flavor: Flavor = flavor
+        self.spec = tgi_spec(flavor)
 
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self._requests)
-
-    def queue(self, *faults: Fault) -> None:
-        """Misbehave on the next requests, one fault each, then answer normally again."""
-        with self._lock:
-            self._queued.extend(faults)
+    def handler_class(self) -> type[TrackedHandler]:
+        return _handler_for(self)
 
     def set_fault(self, fault: Fault | None) -> None:
         """Misbehave on every request until cleared with None."""
-        with self._lock:
-            self._fault = fault
-
-    def start(self) -> TgiServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes hanging and delayed handlers
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-    def __enter__(self) -> TgiServer:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    # -- used by the handler
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
-
-    def _next_fault(self) -> Fault | None:
-        with self._lock:
-            return self._queued.pop(0) if self._queued else self._fault
-
-    def _sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self._stopping.wait(seconds)
-
-    def _next_id(self) -> int:
-        return next(self._ids)
-
-
-class _Httpd(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+        self.faults.set(fault)
 
 
 @dataclass
@@ -409,28 +401,61 @@ def _tgi_error(status: int, message: str, **headers: str) -> _Reply:
     return _json_reply(status, error, **headers)
 
 
-def _handler_for(server: TgiServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = IDLE_CONNECTION_TIMEOUT_S
+class LlmHandler(TrackedHandler):
+    """What the TGI and vLLM handlers share: health routes, recording, replies, stream writes."""
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    timeout = IDLE_CONNECTION_TIMEOUT_S
+    fake: LlmServer[Any]
 
-        def do_GET(self) -> None:
-            server._record(RecordedRequest("GET", self.path, dict(self.headers), None))
-            if self.path in ("/health", "/ping"):
-                self._send(_Reply(200, b"", content_type="text/plain"))
-            else:
-                self._send(_Reply(404, b"", content_type="text/plain"))
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except ConnectionResetError:  # a client that ended a stream early hung up
+            self.close_connection = True
+
+    def do_GET(self) -> None:
+        self.fake._record(RecordedRequest("GET", self.path, dict(self.headers), None))
+        ok = self.path in ("/health", "/ping")
+        self._send(_Reply(200 if ok else 404, b"", content_type="text/plain"))
+
+    def _read_body(self) -> tuple[bytes, Any]:
+        """(raw bytes, parsed JSON or None), the request recorded."""
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        self.fake._record(RecordedRequest("POST", self.path, dict(self.headers), body))
+        return raw, body
+
+    def _send(self, reply: _Reply) -> None:
+        self.send_body(reply.status, reply.body, reply.content_type, reply.headers)
+
+    def _start_stream(self, sagemaker: bool) -> None:
+        self.send_response(200)
+        content_type = "application/vnd.amazon.eventstream" if sagemaker else "text/event-stream"
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _write_event(self, data: bytes, sagemaker: bool) -> None:
+        if sagemaker:  # one PayloadPart per few bytes: parts end anywhere, as SageMaker's may
+            for at in range(0, len(data), STREAM_PART_BYTES):
+                _write_chunk(self, payload_part(data[at : at + STREAM_PART_BYTES]))
+        else:
+            _write_chunk(self, data)
+
+    def _stream_ended_early(self) -> None:
+        self.fake._stream_closed_early()
+        self.close_connection = True
+
+
+def _handler_for(server: TgiServer) -> type[LlmHandler]:
+    class Handler(LlmHandler):
+        fake = server
 
         def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = None
-            server._record(RecordedRequest("POST", self.path, dict(self.headers), body))
+            raw, body = self._read_body()
             sagemaker = self.path.startswith("/endpoints/") and self.path.endswith("/invocations")
             if _wants_stream(self.path, body):
                 _stream(server, self, body)
@@ -442,18 +467,6 @@ def _handler_for(server: TgiServer) -> type[BaseHTTPRequestHandler]:
             if sagemaker and reply.status >= 400 and "x-amzn-ErrorType" not in reply.headers:
                 reply = _as_sagemaker_model_error(reply)
             self._send(reply)
-
-        def _send(self, reply: _Reply) -> None:
-            try:
-                self.send_response(reply.status)
-                self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(reply.body)))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(reply.body)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True  # the client gave up (its read timeout)
 
     return Handler
 
@@ -479,7 +492,7 @@ def _answer(
         return _tgi_error(422, "Input validation error: " + "; ".join(problems))
 
     fault = server._next_fault()
-    server._sleep(server.delay_s)
+    server.sleep(server.delay_s)
     if fault is not None:
         return _fault_reply(server, fault, sagemaker)
     return _generate(server, route, schema_name, body)
@@ -528,7 +541,7 @@ def _fault_reply(server: TgiServer, fault: Fault, sagemaker: bool) -> _Reply | N
     if fault.kind == "close":
         return None
     if fault.kind == "hang":
-        server._sleep(fault.seconds)
+        server.sleep(fault.seconds)
         return _json_reply(200, {"generated_text": "too late"})
     if fault.kind == "aws_error" and sagemaker:
         return _aws_error(fault.aws_code, fault.status, fault.message)
@@ -757,7 +770,7 @@ def stream_payloads(
     return events, pieces
 
 
-def _stream(server: TgiServer, handler: BaseHTTPRequestHandler, body: Any) -> None:  # noqa: C901 - TGI's stream in wire order, faults injected at their token
+def _stream(server: TgiServer, handler: LlmHandler, body: Any) -> None:  # noqa: C901 - TGI's stream in wire order, faults injected at their token
     path = handler.path
     sagemaker = path.startswith("/endpoints/")
     route = "/invocations" if sagemaker else path
@@ -767,7 +780,7 @@ def _stream(server: TgiServer, handler: BaseHTTPRequestHandler, body: Any) -> No
         reply = _tgi_error(422, "Input validation error: " + "; ".join(problems))
         if sagemaker:
             reply = _as_sagemaker_model_error(reply)
-        handler._send(reply)  # type: ignore[attr-defined]
+        handler._send(reply)
         return
     fault = server._next_fault()
     if fault is not None and not fault.kind.startswith("stream_"):
@@ -777,27 +790,15 @@ def _stream(server: TgiServer, handler: BaseHTTPRequestHandler, body: Any) -> No
             return
         if sagemaker and faulty.status >= 400 and "x-amzn-ErrorType" not in faulty.headers:
             faulty = _as_sagemaker_model_error(faulty)
-        handler._send(faulty)  # type: ignore[attr-defined]
+        handler._send(faulty)
         return
-    server._sleep(server.delay_s)
+    server.sleep(server.delay_s)
     events, _ = stream_payloads(server, schema_name, body)
     lines = [f"data:{json.dumps(e)}\n\n".encode() for e in events]
     if schema_name != "GenerateRequest" and schema_name != "CompatGenerateRequest":
         lines.append(b"data: [DONE]\n\n")
 
-    handler.send_response(200)
-    content_type = "application/vnd.amazon.eventstream" if sagemaker else "text/event-stream"
-    handler.send_header("Content-Type", content_type)
-    handler.send_header("Transfer-Encoding", "chunked")
-    handler.end_headers()
-
-    def write(data: bytes) -> None:
-        if sagemaker:  # one PayloadPart per few bytes: parts end anywhere
-            for at in range(0, len(data), STREAM_PART_BYTES):
-                _write_chunk(handler, payload_part(data[at : at + STREAM_PART_BYTES]))
-        else:
-            _write_chunk(handler, data)
-
+    handler._start_stream(sagemaker)
     try:
         for i, line in enumerate(lines):
             if fault is not None and i == fault.after_tokens:
@@ -805,23 +806,21 @@ def _stream(server: TgiServer, handler: BaseHTTPRequestHandler, body: Any) -> No
                     handler.close_connection = True
                     return  # no terminating chunk: the client sees a broken stream
                 if fault.kind == "stream_stall":
-                    server._sleep(fault.seconds)
+                    server.sleep(fault.seconds)
                 if fault.kind == "stream_error":
                     error = {"error": fault.message, "error_type": "generation"}
                     if sagemaker:
                         _write_chunk(handler, model_stream_error(fault.message))
                     else:
-                        write(f"data:{json.dumps(error)}\n\n".encode())
+                        _write_chunk(handler, f"data:{json.dumps(error)}\n\n".encode())
                     break
-            server._sleep(server.token_delay_s)
-            write(line)
+            server.sleep(server.token_delay_s)
+            handler._write_event(line, sagemaker)
             if i == 0:
                 server.first_token_sent_s.append(time.perf_counter())
         _write_chunk(handler, b"")
     except (BrokenPipeError, ConnectionResetError):
-        with server._lock:
-            server.streams_closed_early += 1
-        handler.close_connection = True
+        handler._stream_ended_early()
 
 
 def _write_chunk(handler: BaseHTTPRequestHandler, data: bytes) -> None:
@@ -914,12 +913,6 @@ def main(argv: list[str] | None = None) -> None:
     with server:
         print(f"fake TGI listening on {server.url}", flush=True)
         done.wait()
-
-
-def running(responder: Responder | None = None, **kwargs: Any) -> Iterator[TgiServer]:
-    """Generator for pytest fixtures: `yield from running(...)`."""
-    with TgiServer(responder, **kwargs) as server:
-        yield server
 
 
 if __name__ == "__main__":

@@ -35,34 +35,30 @@ As a process: `python -m devkit.fakes.vllm_server --port 8081`.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import re
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from devkit.fakes.loopback import TrackedHandler
 from devkit.fakes.tgi_server import (
     DEFAULT_ANSWER,
     MODEL_ID,
-    SHUTDOWN_POLL_S,
-    STREAM_PART_BYTES,
     GenerationRequest,
-    RecordedRequest,
+    LlmHandler,
+    LlmServer,
     Responder,
     _as_sagemaker_model_error,
-    _Httpd,
     _json_reply,
     _Reply,
     _tokens,
     _write_chunk,
     fixed,
     json_or,
-    payload_part,
 )
 
 MAX_MODEL_LEN = 4096
@@ -103,8 +99,10 @@ class _Invalid(Exception):
         self.status, self.message, self.param = status, message, param
 
 
-class VllmServer:
+class VllmServer(LlmServer[VllmFault]):
     """The fake, in a background thread; a context manager."""
+
+    thread_name = "vllm-fake"
 
     def __init__(
         self,
@@ -116,58 +114,13 @@ class VllmServer:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        self.responder = responder or json_or(fixed(DEFAULT_ANSWER))
-        self.model_id = model_id
-        self.max_model_len = max_model_len
-        self.token_delay_s = token_delay_s
-        self.streams_closed_early = 0
-        self._lock = threading.Lock()
-        self._requests: list[RecordedRequest] = []
-        self._faults: list[VllmFault] = []
-        self._stopping = threading.Event()
-        self._ids = itertools.count(1)
-        self._httpd = _Httpd((host, port), _handler_for(self))
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(SHUTDOWN_POLL_S,), daemon=True
+        super().__init__(
+            responder, model_id=model_id, token_delay_s=token_delay_s, host=host, port=port
         )
+        self.max_model_len = max_model_len
 
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self._requests)
-
-    def queue(self, *faults: VllmFault) -> None:
-        with self._lock:
-            self._faults.extend(faults)
-
-    def start(self) -> VllmServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-    def __enter__(self) -> VllmServer:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
-
-    def _next_fault(self) -> VllmFault | None:
-        with self._lock:
-            return self._faults.pop(0) if self._faults else None
+    def handler_class(self) -> type[TrackedHandler]:
+        return _handler_for(self)
 
 
 # --------------------------------------------------------------------------- requests
@@ -307,7 +260,7 @@ def _answer(server: VllmServer, kind: str, request: GenerationRequest) -> dict[s
 def _common(server: VllmServer, kind: str, *, chunk: bool = False) -> dict[str, Any]:
     prefix, obj = ("chatcmpl", "chat.completion") if kind == "chat" else ("cmpl", "text_completion")
     return {
-        "id": f"{prefix}-fake{next(server._ids)}",
+        "id": f"{prefix}-fake{server._next_id()}",
         "object": obj + (".chunk" if chunk and kind == "chat" else ""),
         "created": int(time.time()),
         "model": server.model_id,
@@ -347,31 +300,12 @@ def stream_events(server: VllmServer, kind: str, request: GenerationRequest) -> 
 # --------------------------------------------------------------------------- HTTP
 
 
-def _handler_for(server: VllmServer) -> type[BaseHTTPRequestHandler]:  # noqa: C901 - counts its handler class's methods
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def handle_one_request(self) -> None:
-            try:
-                super().handle_one_request()
-            except ConnectionResetError:  # a client that ended a stream early hung up
-                self.close_connection = True
-
-        def do_GET(self) -> None:
-            server._record(RecordedRequest("GET", self.path, dict(self.headers), None))
-            ok = self.path in ("/health", "/ping")
-            self._send(_Reply(200 if ok else 404, b"", content_type="text/plain"))
+def _handler_for(server: VllmServer) -> type[LlmHandler]:  # noqa: C901 - counts its handler class's methods
+    class Handler(LlmHandler):
+        fake = server
 
         def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = None
-            server._record(RecordedRequest("POST", self.path, dict(self.headers), body))
+            _, body = self._read_body()
             sagemaker = self.path.startswith("/endpoints/")
             if self.path == "/ping":
                 self._send(_Reply(200, b"", content_type="text/plain"))
@@ -401,18 +335,6 @@ def _handler_for(server: VllmServer) -> type[BaseHTTPRequestHandler]:  # noqa: C
             reply = _json_reply(status, error_body(status, message, param=param))
             self._send(_as_sagemaker_model_error(reply) if sagemaker else reply)
 
-        def _send(self, reply: _Reply) -> None:
-            try:
-                self.send_response(reply.status)
-                self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(reply.body)))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(reply.body)
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True
-
         def _stream(
             self,
             kind: str,
@@ -425,36 +347,17 @@ def _handler_for(server: VllmServer) -> type[BaseHTTPRequestHandler]:  # noqa: C
                 # an engine error after some tokens: one error event, then [DONE]
                 kept = 1 + fault.after_tokens if kind == "chat" else fault.after_tokens
                 events = [*events[:kept], error_body(fault.status, fault.message), "[DONE]"]
-            self.send_response(200)
-            self.send_header(
-                "Content-Type",
-                "application/vnd.amazon.eventstream" if sagemaker else "text/event-stream",
-            )
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
+            self._start_stream(sagemaker)
             try:
                 for event in events:
                     data = event if isinstance(event, str) else json.dumps(event)
-                    server._stopping.wait(server.token_delay_s)
-                    line = f"data: {data}\n\n".encode()
-                    if sagemaker:  # PayloadParts end anywhere, as SageMaker's may
-                        for at in range(0, len(line), STREAM_PART_BYTES):
-                            _write_chunk(self, payload_part(line[at : at + STREAM_PART_BYTES]))
-                    else:
-                        _write_chunk(self, line)
+                    server.sleep(server.token_delay_s)
+                    self._write_event(f"data: {data}\n\n".encode(), sagemaker)
                 _write_chunk(self, b"")
             except (BrokenPipeError, ConnectionResetError):
-                with server._lock:
-                    server.streams_closed_early += 1
-                self.close_connection = True
+                self._stream_ended_early()
 
     return Handler
-
-
-def running(responder: Responder | None = None, **kwargs: Any) -> Iterator[VllmServer]:
-    """Generator for pytest fixtures: `yield from running(...)`."""
-    with VllmServer(responder, **kwargs) as server:
-        yield server
 
 
 def main(argv: list[str] | None = None) -> None:
