@@ -87,6 +87,9 @@ def traced(
         "TRACE_FILE": str(tmp_path / "traces.jsonl"),
         "TRACE_HASH_KEY_FILE": str(tmp_path / "key" / "trace-hash.key"),
         "EXPANSION_N": "3",
+        # The scripted helpers answer at once; a loaded machine must not turn that into a
+        # fallback (no author filter, no paraphrases) that the assertions would misread.
+        "LLM_HELPER_TIMEOUT_S": "60",
     }
     settings = Settings.from_env(env)
     world = fake_world(env=env, llm=llm(), sink=build_sink(settings))
