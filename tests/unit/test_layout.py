@@ -57,6 +57,27 @@ def test_the_bundled_packages_import_nothing_that_is_not_bundled() -> None:
     assert offenders == {}
 
 
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_domain_depends_on_no_adapter_and_no_http_layer() -> None:
+    """The domain talks to the outside through rag.domain.ports only; adapters implement them."""
+    offenders = {
+        str(p.relative_to(REPO)): sorted(
+            m for m in imported_modules(p) if m.startswith(("rag.adapters", "web", "fastapi"))
+        )
+        for p in python_files("lambda_src/rag/domain")
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
 def test_the_rules_see_a_violation(tmp_path: Path) -> None:
     """The checks above would catch an offender: an import of each kind is recognised."""
     module = tmp_path / "m.py"

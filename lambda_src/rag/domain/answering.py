@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from dataclasses import replace
 
-from rag.adapters.llm.stream import TextStream
 from rag.domain.budget import effective_budget_s, generation_timeout_s, max_new_tokens_within
 from rag.domain.deps import Deps
 from rag.domain.errors import ModelUnavailable, UpstreamTimeout
@@ -21,6 +20,7 @@ from rag.domain.ports import (
     LLM,
     Generation,
     GenerationParams,
+    GenerationStream,
 )
 from rag.domain.prompt import (
     BuiltPrompt,
@@ -160,14 +160,14 @@ def answer_outcome(
 
 def open_stream(
     llm: LLM, built: BuiltPrompt, params: GenerationParams, stall_timeout_s: float
-) -> TextStream:
+) -> GenerationStream:
     if built.prompt_format == "chat":
         return llm.stream_chat(list(built.messages), params, stall_timeout_s=stall_timeout_s)
     return llm.stream_complete(built.text, params, stall_timeout_s=stall_timeout_s)
 
 
 def stream_text(
-    stream: TextStream,
+    stream: GenerationStream,
     params: GenerationParams,
     deps: Deps,
     trace: TraceRecorder,

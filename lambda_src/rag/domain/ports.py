@@ -6,15 +6,12 @@ in-memory fakes used by tests both implement them, so the pipeline never knows w
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-
-if TYPE_CHECKING:
-    from rag.adapters.llm.stream import TextStream
 
 COLLECTIONS: tuple[str, ...] = ("embedded_articles", "embedded_posts", "embedded_repositories")
 """Qdrant collections written by the feature pipeline (DESIGN 3.2)."""
@@ -103,6 +100,18 @@ class Generation:
     finish_reason: str | None = None
 
 
+class GenerationStream(Protocol):
+    """One streamed generation as the domain sees it: iterate for the model's raw text pieces
+    (stop sequences are the domain's StopFilter's job), then `result()`; `close()` ends the
+    upstream call. The LLM adapters' TextStream implements it."""
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def result(self) -> Generation: ...
+
+    def close(self) -> None: ...
+
+
 class LLM(Protocol):
     """A TGI-protocol model: SageMaker /invocations or a TGI / OpenAI-compatible HTTP server.
 
@@ -137,7 +146,7 @@ class LLM(Protocol):
 
     def stream_complete(
         self, prompt: str, params: GenerationParams, *, stall_timeout_s: float
-    ) -> TextStream:
+    ) -> GenerationStream:
         """`complete`, streamed: the request is sent (and its status checked) before this
         returns; iterating the stream yields the text as the model produces it."""
         ...
@@ -148,6 +157,6 @@ class LLM(Protocol):
         params: GenerationParams,
         *,
         stall_timeout_s: float,
-    ) -> TextStream:
+    ) -> GenerationStream:
         """`chat`, streamed."""
         ...
