@@ -351,7 +351,9 @@ def fill_store(seed: Path, path: Path, points: int) -> int:
 # --------------------------------------------------------------------------- cold init
 
 
-def cold_init(models: Models, runs: int) -> dict[str, float]:
+def cold_children(models: Models, code: str, runs: int) -> list[dict[str, Any]]:
+    """Runs `code` in `runs` fresh processes with the Lambda's environment and these models;
+    each prints one JSON object last, which is returned."""
     env = child_env(
         {
             **COLD_ENV,
@@ -362,7 +364,7 @@ def cold_init(models: Models, runs: int) -> dict[str, float]:
     samples = []
     for _ in range(runs):
         done = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [sys.executable, "-c", COLD_CHILD],
+            [sys.executable, "-c", code],
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -373,6 +375,11 @@ def cold_init(models: Models, runs: int) -> dict[str, float]:
         if done.returncode != 0:
             raise RuntimeError(f"cold init child failed: {done.stderr[-1500:]}")
         samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return samples
+
+
+def cold_init(models: Models, runs: int) -> dict[str, float]:
+    samples = cold_children(models, COLD_CHILD, runs)
     totals = [s["import_ms"] + s["deps_ms"] for s in samples]
     return {
         "total_ms": statistics.median(totals),

@@ -11,14 +11,12 @@ Lambda's and cannot be measured here. Prints numbers, asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from tools.bench import CHILD_TIMEOUT_S, COLD_ENV, REPO, child_env, machine, resolve_models
+from tools.bench import cold_children, machine, resolve_models
 
 CHILD = """
 import json, time
@@ -49,27 +47,7 @@ FIELDS = {
 def measure(runs: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as work:
         models = resolve_models(Path(work))
-        env = child_env(
-            {
-                **COLD_ENV,
-                "EMBEDDING_MODEL_DIR": str(models.embedding),
-                "RERANKER_MODEL_DIR": str(models.reranker),
-            }
-        )
-        samples = []
-        for _ in range(runs):
-            done = subprocess.run(  # noqa: S603 - fixed argv, no shell
-                [sys.executable, "-c", CHILD],
-                cwd=REPO,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=CHILD_TIMEOUT_S,
-                check=False,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"child failed: {done.stderr[-1500:]}")
-            samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        samples = cold_children(models, CHILD, runs)
     print(f"models: {models.embedding_label}; reranker: {models.reranker_label}", file=sys.stderr)
     return {name: statistics.median(s[name] for s in samples) for name in FIELDS}
 
