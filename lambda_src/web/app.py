@@ -6,8 +6,8 @@ Routes parse the body, call one pipeline function and map its outcome. Every fai
 whose details only reach the log. Bodies are parsed explicitly (not FastAPI's body models) so
 the 400/413/415 messages follow the contract.
 
-The OpenAI-compatible routes (`web.openai_api`) answer `POST /v1/chat/completions` and
-`GET /v1/models` on the same pipeline, with OpenAI's error shape. They are served twice: under
+The OpenAI-compatible routes (`web.openai_api`) answer `POST /v1/chat/completions`,
+`GET /v1/models` and `GET /v1/models/{id}` on the same pipeline, with OpenAI's error shape. They are served twice: under
 `/v1` (local mode, where `base_url` is `http://127.0.0.1:8000/v1`) and without it, because
 deployed the `v1` in `https://<api>/v1/chat/completions` is the API Gateway stage, and the app
 sees the resource path `/chat/completions` (the Lambda Web Adapter forwards the event's `path`).
@@ -165,7 +165,10 @@ def create_app(deps_factory: Callable[[], Deps]) -> FastAPI:  # noqa: C901 - cou
         return json_response(200, {"status": "ok"})
 
     @app.get("/")
-    async def chat_page() -> Response:
+    async def chat_page(request: Request) -> Response:
+        slash = page.trailing_slash_redirect(_header_json(request, REQUEST_CONTEXT_HEADER))
+        if slash is not None:
+            return Response(status_code=308, headers={"Location": slash})
         return page.static_response(page.PAGE_FILE, page.page())
 
     @app.get(f"/{page.STATIC_ROUTE}/{{name}}")
@@ -234,15 +237,22 @@ def create_app(deps_factory: Callable[[], Deps]) -> FastAPI:  # noqa: C901 - cou
     async def models() -> Response:
         return json_response(200, openai_api.models_body())
 
+    async def model(request: Request, model_id: str) -> Response:
+        async def run() -> Response:
+            return json_response(200, openai_api.model_body(model_id))
+
+        return await _contract(request, run, render=openai_error_response)
+
     for prefix in OPENAI_PREFIXES:
         app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
         app.add_api_route(f"{prefix}/models", models, methods=["GET"])
+        app.add_api_route(f"{prefix}/models/{{model_id}}", model, methods=["GET"])
 
     @app.exception_handler(StarletteHTTPException)
     async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
         path = request.url.path
         allowed = ROUTE_METHODS.get(path)
-        render = openai_error_response if path in OPENAI_ROUTES else error_response
+        render = openai_error_response if is_openai_path(path) else error_response
         if exc.status_code != 405 or allowed is None:
             return render(NotFound(f"no route {path}"))
         response = render(MethodNotAllowed(f"{request.method} not allowed on {path}"))
@@ -289,6 +299,13 @@ async def stream_response(events: Callable[[], Any], encoder: sse.Encoder) -> Re
         media_type=sse.MEDIA_TYPE,
         # Proxies must not buffer the events (nginx honours X-Accel-Buffering).
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def is_openai_path(path: str) -> bool:
+    """The OpenAI-compatible routes, `/models/{id}` included: their errors take OpenAI's shape."""
+    return path in OPENAI_ROUTES or any(
+        path.startswith(f"{prefix}/models/") for prefix in OPENAI_PREFIXES
     )
 
 

@@ -151,12 +151,7 @@ def parse_chat(body: Any, *, max_new_tokens_limit: int) -> ChatCall:
         raise OpenAIError(BadRequest(describe_errors(exc)), _param(first)) from None
     refuse_unsupported(chat)
     if chat.model != MODEL_ID:
-        raise OpenAIError(
-            NotFound(
-                f"model: unknown model {chat.model!r}; use {MODEL_ID!r}", code="model_not_found"
-            ),
-            "model",
-        )
+        raise _unknown_model(chat.model)
     *earlier, last = chat.messages
     if last.role != "user":
         raise OpenAIError(BadRequest("messages: the last message must be the user's"), "messages")
@@ -239,11 +234,26 @@ def _param(loc: tuple[Any, ...]) -> str:
 # --- response ---------------------------------------------------------------------------------
 
 
+def _model_object() -> dict[str, Any]:
+    return {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": OWNER}
+
+
 def models_body() -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": OWNER}],
-    }
+    return {"object": "list", "data": [_model_object()]}
+
+
+def model_body(model_id: str) -> dict[str, Any]:
+    """`GET /models/{model}`: the one model, or OpenAI's 404 `model_not_found` naming it."""
+    if model_id != MODEL_ID:
+        raise _unknown_model(model_id)
+    return _model_object()
+
+
+def _unknown_model(model_id: str) -> OpenAIError:
+    return OpenAIError(
+        NotFound(f"model: unknown model {model_id!r}; use {MODEL_ID!r}", code="model_not_found"),
+        "model",
+    )
 
 
 def citation_block(sources: list[Chunk]) -> str:

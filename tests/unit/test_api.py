@@ -6,9 +6,11 @@ are sent as the adapter would."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 from starlette.testclient import TestClient
@@ -529,3 +531,82 @@ def test_an_invocation_about_to_time_out_answers_504_instead_of_being_killed() -
     status, body = _rag_with_time_left(world, remaining_ms=5_000)
     assert status == 504
     assert_error(body, "request_budget_exhausted")
+
+
+# --- the chat page's trailing slash and GET /v1/models/{id} -----------------------------------
+
+
+@pytest.fixture
+def world() -> FakeWorld:
+    return fake_world()
+
+
+def page_get(world: FakeWorld, request_path: str | None) -> Any:
+    """GET / as the Lambda Web Adapter forwards it: API Gateway's request context in a header."""
+    headers = {}
+    if request_path is not None:
+        headers["x-amzn-request-context"] = json.dumps({"path": request_path, "stage": "v1"})
+    client = TestClient(create_app(lambda: world.deps), raise_server_exceptions=False)
+    return client.get("/", headers=headers, follow_redirects=False)
+
+
+@pytest.mark.parametrize(
+    ("url", "request_path"),
+    [
+        ("https://abc123.execute-api.eu-west-1.amazonaws.com/v1", "/v1"),
+        ("https://twin.example.com/llm-twin", "/llm-twin"),  # custom domain, base path mapping
+    ],
+)
+def test_the_page_without_its_trailing_slash_redirects_so_its_links_keep_the_stage(
+    world: FakeWorld, url: str, request_path: str
+) -> None:
+    """Both `.../v1` and `.../v1/` reach the root resource; the proxy event's top-level `path` is
+    "/" either way, but `requestContext.path` is the path as the browser sent it, stage or base
+    path included ($context.path, "/{stage}/root/child" for ".../{stage}/root/child":
+    https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-mapping-template-reference.html;
+    events captured on execute-api and custom domains:
+    https://gist.github.com/GREsau/444c7d4d0bb9e8c82dd1a585931028bd). A relative Location resolves
+    against the request URL (RFC 9110 section 10.2.2, RFC 3986 section 5.2), and the page's
+    relative links against the URL it ends up at (its `static/...` hrefs)."""
+    response = page_get(world, request_path)
+    assert response.status_code == 308
+    landed = urljoin(url, response.headers["location"])
+    assert landed == url + "/"
+    html = page_get(world, request_path + "/").text
+    hrefs = re.findall(r'(?:href|src)="([^"]+)"', html)
+    assert hrefs and all(urljoin(landed, h).startswith(url + "/static/") for h in hrefs)
+
+
+@pytest.mark.parametrize("request_path", [None, "/", "/v1/"])
+def test_the_page_is_served_where_its_links_already_resolve(
+    world: FakeWorld, request_path: str | None
+) -> None:
+    response = page_get(world, request_path)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("request_path", ["/\\evil.example", "/v1:x", "/%2F%2Fevil.example"])
+def test_a_forged_request_context_never_redirects_off_this_origin(
+    world: FakeWorld, request_path: str
+) -> None:
+    """Only a plain path segment is redirected to: a browser reads `\\` as `/` (WHATWG URL
+    standard, special schemes), so `\\evil.example/` would leave the origin."""
+    response = page_get(world, request_path)
+    assert response.status_code == 200
+
+
+def test_get_model_by_id_is_the_twin_or_openai_404(world: FakeWorld) -> None:
+    """OpenAI's `GET /v1/models/{model}` returns the model object
+    (https://platform.openai.com/docs/api-reference/models/retrieve); an unknown id is a 404 in
+    OpenAI's error shape with `model_not_found`, like an unknown model in a chat call."""
+    for prefix in ("/v1", ""):
+        status, body, _ = call(world, "GET", f"{prefix}/models/llm-twin")
+        assert status == 200
+        assert body == {"id": "llm-twin", "object": "model", "created": 0, "owned_by": "llm-twin"}
+        status, body, _ = call(world, "GET", f"{prefix}/models/gpt-4o")
+        assert status == 404
+        assert body["error"]["code"] == "model_not_found"
+        assert body["error"]["param"] == "model" and "gpt-4o" in body["error"]["message"]
+        status, body, _ = call(world, "POST", f"{prefix}/models/llm-twin", "{}")
+        assert status in (404, 405) and body["error"]["type"] == "invalid_request_error"
