@@ -71,6 +71,10 @@ BASELINE_REQUESTS, BASELINE_REQUESTS_QUICK = 40, 10
 MEMORY_REQUESTS, MEMORY_REQUESTS_QUICK = 15, 4
 """Per memory size and thread count (tools.lambda_memory): 12 quota runs + 2 unthrottled."""
 """The Handbook's requests take ~1 s each here (every candidate reranked): fewer of them."""
+THREAD_VARIANTS = (1, 2)
+"""Thread counts both sides also run at the largest store, so every row has a same-CPU pair:
+one thread is what the business Lambda has (1280 MB = 0.72 vCPU), two are this machine's cores
+(torch's default here)."""
 HELPER_DELAY_S = 0.2
 CRITICAL_REQUESTS, CRITICAL_REQUESTS_QUICK = 10, 4
 LOAD_DELAY_S = 0.3
@@ -984,6 +988,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "requests": requests,
             }
 
+        results["warm_threads"] = {}
+        for threads in THREAD_VARIANTS:
+            if threads == settings.ort_threads:
+                continue
+            count = max(requests // 2, 10)
+            log(f"warm: {count} requests at {POINTS[-1]} points with ORT_THREADS={threads}")
+            deps = production_deps(
+                models, stores[POINTS[-1]], extra_env={"ORT_THREADS": str(threads)}
+            )
+            try:
+                with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+                    result = warm(deps, count)
+            finally:
+                deps.store.close()  # type: ignore[attr-defined]
+            results["warm_threads"][threads] = {"stages": result.stages, "requests": count}
+
         log(f"lambda memory: warm requests under each size's CPU quota, {POINTS[-1]} points")
         results["memory"] = lambda_memory.measure(
             memory_runner(
@@ -1028,6 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             BASELINE_REQUESTS_QUICK if quick else BASELINE_REQUESTS
                         ),
                         "warmup": WARMUP_REQUESTS,
+                        "thread_variants": list(THREAD_VARIANTS),
                         "llm_url": url,
                         "critical_runs": CRITICAL_REQUESTS_QUICK if quick else CRITICAL_REQUESTS,
                         "real_models": models.real,

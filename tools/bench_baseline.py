@@ -239,6 +239,32 @@ def retrieve(
     return timings, top
 
 
+def warm(
+    embedder: Any, cross: Any, client: Any, task: dict[str, Any], k: int, rerank_candidates: int
+) -> dict[str, list[float]]:
+    """The task's requests (after its warm-up ones) on one store: per-stage times in ms."""
+    stages: dict[str, list[float]] = {"embed": [], "search": [], "rerank": [], "total": []}
+    candidates: list[float] = []
+    scored: list[float] = []
+    requests = task["requests"]
+    for i, req in enumerate(requests[: task["warmup"]] + requests):
+        start = time.perf_counter()
+        timings, _ = retrieve(
+            embedder, cross, client, req["queries"], req["author"], k, rerank_candidates
+        )
+        total = (time.perf_counter() - start) * 1e3
+        if i < task["warmup"]:
+            continue
+        for name in ("embed", "search", "rerank"):
+            stages[name].append(timings[name])
+        stages["total"].append(total)
+        candidates.append(timings["candidates"])
+        scored.append(timings["scored"])
+    stages["candidates"] = candidates
+    stages["scored"] = scored
+    return stages
+
+
 def main() -> int:
     task = json.loads(sys.stdin.read())
     import torch
@@ -253,30 +279,26 @@ def main() -> int:
     embedder = SentenceTransformer(str(embedding), device="cpu")
     cross = CrossEncoder(str(reranker), device="cpu", max_length=int(task["rerank_max_length"]))
     k, rerank_candidates = int(task["k"]), int(task["rerank_candidates"])
-    result["warm"] = {}
-    for points, path in task["stores"].items():
+
+    def warm_run(path: str) -> dict[str, list[float]]:
         client = QdrantClient(path=path)
-        stages: dict[str, list[float]] = {"embed": [], "search": [], "rerank": [], "total": []}
-        candidates: list[float] = []
-        scored: list[float] = []
-        requests = task["requests"]
-        for i, req in enumerate(requests[: task["warmup"]] + requests):
-            start = time.perf_counter()
-            timings, _ = retrieve(
-                embedder, cross, client, req["queries"], req["author"], k, rerank_candidates
-            )
-            total = (time.perf_counter() - start) * 1e3
-            if i < task["warmup"]:
-                continue
-            for name in ("embed", "search", "rerank"):
-                stages[name].append(timings[name])
-            stages["total"].append(total)
-            candidates.append(timings["candidates"])
-            scored.append(timings["scored"])
-        client.close()
-        stages["candidates"] = candidates
-        stages["scored"] = scored
-        result["warm"][points] = stages
+        try:
+            return warm(embedder, cross, client, task, k, rerank_candidates)
+        finally:
+            client.close()
+
+    result["warm"] = {points: warm_run(path) for points, path in task["stores"].items()}
+    # The same requests on the largest store with other torch thread counts, so each of our
+    # onnxruntime thread counts has a Handbook run on the same CPU beside it.
+    default_threads = torch.get_num_threads()
+    result["threads"] = default_threads
+    largest = max(task["stores"], key=int)
+    result["warm_threads"] = {}
+    for threads in task.get("thread_variants", []):
+        if int(threads) != default_threads:
+            torch.set_num_threads(int(threads))
+            result["warm_threads"][str(threads)] = warm_run(task["stores"][largest])
+    torch.set_num_threads(default_threads)
 
     # Critical path: self-query, then expansion, then retrieval, then generation would start.
     first_store = next(iter(task["stores"].values()))

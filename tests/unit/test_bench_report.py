@@ -108,3 +108,41 @@ def test_the_goal_line_compares_the_p50_totals_with_the_baseline() -> None:
     assert "ours 30 ms, Handbook 90 ms, 3.00x faster: the 2x goal is met" in text
     assert "| &nbsp;&nbsp;embed, 10000 points | 3.0/5.0/5.0 | 30.0/50.0/50.0 | 10.0x |" in text
     assert "Handbook baseline: the Handbook's way" in text
+
+
+def test_same_cpu_rows_pair_equal_thread_counts_and_the_defaults() -> None:
+    """Each side also ran at the other thread counts: rows pair equal counts (the same CPU), then
+    each side's default (our ORT_THREADS against torch's all cores); every row has its ratio,
+    its ceiling (Handbook total / our rerank, p50) and the 2x verdict."""
+    # Given ours at 1 thread (p50 total 30, rerank 3) and 2 threads (24, 2), the Handbook at its
+    # default 2 threads (90, rerank 60) and at 1 thread (45, rerank 40)
+    baseline = {
+        "description": "the Handbook's way",
+        "threads": 2,
+        "warm": {"10000": {"total": [v * 3 for v in SAMPLE], "rerank": [v * 2 for v in SAMPLE]}},
+        "warm_threads": {
+            "1": {"total": [v * 1.5 for v in SAMPLE], "rerank": [v * 4 / 3 for v in SAMPLE]}
+        },
+    }
+    data = results(baseline)
+    data["warm_threads"] = {
+        2: {"stages": {"total": [v * 0.8 for v in SAMPLE], "rerank": [v / 15 for v in SAMPLE]}}
+    }
+    # When rendered
+    lines = render(data).splitlines()
+    # Then the same-CPU table has the two matched rows, then the defaults
+    start = lines.index(
+        "| threads ours / Handbook | ours total | Handbook total | ratio | ours rerank | "
+        "Handbook rerank | ceiling | 2x goal |"
+    )
+    assert lines[start + 2 : start + 5] == [
+        "| 1 / 1 | 30 | 45 | 1.50x | 3 | 40 | 15.00x | not met |",
+        "| 2 / 2 | 24 | 90 | 3.75x | 2 | 60 | 45.00x | met |",
+        "| 1 / 2 (each side's default) | 30 | 90 | 3.00x | 3 | 60 | 30.00x | met |",
+    ]
+
+
+def test_no_same_cpu_table_without_the_baselines_thread_count() -> None:
+    """A baseline from before the thread runs (no `threads`) renders without the table."""
+    baseline = {"description": "old", "warm": {"10000": {"total": SAMPLE, "rerank": SAMPLE}}}
+    assert "threads ours / Handbook" not in render(results(baseline))
