@@ -1,7 +1,7 @@
 """Builds the production `Deps` from the environment, once per container (lazily, cached).
 
 The adapters are imported inside the functions: tests of the pipeline and the API never load
-onnxruntime, qdrant-client or boto3. This module imports nothing heavy itself (the pipeline's
+onnxruntime, a Qdrant client or boto3. This module imports nothing heavy itself (the pipeline's
 modules come in with the first `build_deps`), so `start_models` can run before the web framework
 is imported.
 """
@@ -90,8 +90,8 @@ def build_deps(
     settings: Settings, models: Future[tuple[Embedder, Reranker | None]] | None = None
 ) -> Deps:
     """Models on a side thread (`models`, when `start_models` began them earlier) while this one
-    imports and builds the clients: importing qdrant-client and boto3 is pure Python, loading
-    the models mostly is not, so the two overlap."""
+    imports and builds the clients: importing boto3 (and qdrant-client in local mode) is pure
+    Python, loading the models mostly is not, so the two overlap."""
     from rag.domain.deps import Deps
 
     pending = models if models is not None else _submit_models(settings)

@@ -123,11 +123,20 @@ def test_business_bundle_imports_on_the_runtime_python(
     if interpreter is None:
         pytest.skip(f"no python{RUNTIME_PYTHON} on this machine to import the bundle with")
     runtime_provided = str(lambda_runtime_packages(tmp_path))
+    # The Qdrant store as the Lambda builds it (a server URL: the REST adapter over httpx; no
+    # connection is opened until a search). qdrant-client is not bundled (rag.adapters.qdrant_rest
+    # says why): an import of it anywhere on this path fails the probe, here or in Lambda's init.
     probe = (
         "import sys, json; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2]);"
-        "import web.main, uvicorn.main, rag.adapters.onnx_models, rag.adapters.vectorstore, rag.adapters.llm.sagemaker, rag.adapters.trace_sinks;"
-        "import onnxruntime, tokenizers, qdrant_client;"
-        "print(json.dumps({'ok': True, 'pyc': bool(sys.modules['rag.domain.pipeline'].__cached__)}))"
+        "import importlib.util;"
+        "import web.main, uvicorn.main, rag.adapters.onnx_models, rag.adapters.vectorstore, rag.adapters.qdrant_rest, rag.adapters.llm.sagemaker, rag.adapters.trace_sinks, rag.wiring;"
+        "import onnxruntime, tokenizers, httpx;"
+        "from rag.adapters.vectorstore import QdrantStore;"
+        "store = QdrantStore.from_settings(url='https://qdrant.invalid', api_key='k', timeout_s=1);"
+        "print(json.dumps({'ok': True, 'pyc': bool(sys.modules['rag.domain.pipeline'].__cached__),"
+        " 'transport': type(store._transport).__name__,"
+        " 'qdrant_client_imported': 'qdrant_client' in sys.modules,"
+        " 'qdrant_client_bundled': importlib.util.find_spec('qdrant_client') is not None}))"
     )
     # -S: nothing from this machine's site-packages, only the bundle (+ boto3 as Lambda has it)
     done = subprocess.run(
@@ -138,7 +147,11 @@ def test_business_bundle_imports_on_the_runtime_python(
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["ok"] is True
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["ok"] is True
+    assert report["transport"] == "QdrantRest"
+    assert report["qdrant_client_imported"] is False
+    assert report["qdrant_client_bundled"] is False
     # The adapter runs web/run.sh as the handler: it must stay executable in the bundle
     assert os.access(built["business"] / "web" / "run.sh", os.X_OK)
     assert list(

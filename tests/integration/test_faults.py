@@ -109,7 +109,7 @@ def qdrant(model_dirs: tuple[Path, Path]) -> Iterator[QdrantFake]:
     backend = QdrantClient(location=":memory:")
     chunker = Chunker(embedder.tokenizer, max_length=embedder.max_length)
     ingest_file(CORPUS, client=backend, embedder=embedder, chunker=chunker)
-    with QdrantFake(backend) as fake:
+    with QdrantFake(backend, api_key=QDRANT_KEY) as fake:  # as a keyed server: 401 without it
         yield fake
     backend.close()
 
@@ -203,7 +203,7 @@ def assert_failure_traced(trace: dict[str, Any], status: int, code: str, span: s
 
 def qdrant_bound_s(timeout_s: float) -> float:
     """A search is at most two sequential rounds (collection states when the cache is stale,
-    then the query batch), each bounded by the client's whole-second timeout."""
+    then the query batch), each bounded by the client's timeout (rounded up: whole seconds)."""
     return 2 * math.ceil(timeout_s)
 
 

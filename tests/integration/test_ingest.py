@@ -16,6 +16,7 @@ from devkit.tiny_models import tiny_embedder_dir
 from feature.chunking import Chunker
 from feature.ingest import IngestError, ingest_file, ingest_lines, parse_lines
 from rag.adapters.onnx_models import OnnxEmbedder
+from rag.adapters.qdrant_local import EmbeddedQdrant
 from rag.adapters.vectorstore import QdrantStore
 from rag.domain.ports import COLLECTIONS
 from tools.ingest import main as ingest_cli
@@ -234,7 +235,7 @@ def test_ingested_chunks_are_found_by_the_store_with_the_author_filter(
 ) -> None:
     ingest_lines(_lines(DOCUMENTS), client=client, embedder=embedder, chunker=chunker)
     query = embedder.embed(["fine tuned llama models"])
-    result = QdrantStore(client).search(query, limit=3, author="Maxime Labonne")
+    result = QdrantStore(EmbeddedQdrant(client)).search(query, limit=3, author="Maxime Labonne")
     assert result.chunks
     assert {c.collection for c in result.chunks} == {"embedded_posts"}
     assert np.isclose(result.chunks[0].score, max(c.score for c in result.chunks))

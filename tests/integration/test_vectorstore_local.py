@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
+from rag.adapters.qdrant_local import EmbeddedQdrant
 from rag.adapters.vectorstore import QdrantStore
 from rag.domain.errors import UpstreamError, UpstreamTimeout
 from rag.domain.ports import COLLECTIONS
@@ -87,7 +88,7 @@ def client() -> Iterator[CountingClient]:
 
 def test_author_filter_returns_only_that_author(client: CountingClient) -> None:
     # Given three collections of chunks by three authors
-    store = QdrantStore(client)
+    store = QdrantStore(EmbeddedQdrant(client))
     queries = _unit(np.random.default_rng(1), 2)
     # When searching with an author
     result = store.search(queries, limit=5, author="Maxime Labonne")
@@ -101,7 +102,7 @@ def test_author_filter_returns_only_that_author(client: CountingClient) -> None:
 
 
 def test_chunks_carry_the_payload_fields(client: CountingClient) -> None:
-    store = QdrantStore(client)
+    store = QdrantStore(EmbeddedQdrant(client))
     chunk = store.search(_unit(np.random.default_rng(2), 1), limit=1).chunks[0]
     assert chunk.content == f"{chunk.collection} chunk {chunk.id}"
     assert chunk.platform == "medium"
@@ -118,7 +119,7 @@ def test_results_of_several_queries_are_deduplicated_keeping_the_best_score(
     near = exact + 0.05
     near /= np.linalg.norm(near)
     # When both are searched
-    result = QdrantStore(client).search(np.stack([exact, near]), limit=10)
+    result = QdrantStore(EmbeddedQdrant(client)).search(np.stack([exact, near]), limit=10)
     # Then point 0 appears once, with the exact match's score
     ids = [c.id for c in result.chunks]
     assert len(ids) == len(set(ids))
@@ -130,7 +131,7 @@ def test_one_batch_call_per_collection_and_no_state_calls_when_warm(
     client: CountingClient,
 ) -> None:
     # Given a store and three expanded queries
-    store = QdrantStore(client)
+    store = QdrantStore(EmbeddedQdrant(client))
     queries = _unit(np.random.default_rng(3), 3)
     # When searching twice
     store.search(queries, limit=5)
@@ -150,7 +151,7 @@ def test_missing_and_empty_collections_are_skipped_with_warnings() -> None:
         POSTS, vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
     )
     # When searching everything
-    result = QdrantStore(client).search(_unit(np.random.default_rng(5), 2), limit=3)
+    result = QdrantStore(EmbeddedQdrant(client)).search(_unit(np.random.default_rng(5), 2), limit=3)
     # Then articles answer and the other two are named in warnings, not errors
     assert {c.collection for c in result.chunks} == {ARTICLES}
     assert result.warnings == [
@@ -164,7 +165,7 @@ def test_a_collection_created_later_is_found_after_the_cache_ttl() -> None:
     # Given a store that has seen no repositories collection
     client, clock = CountingClient(), Clock()
     _fill(client, ARTICLES, _unit(np.random.default_rng(6), 5))
-    store = QdrantStore(client, collection_cache_ttl_s=60, clock=clock)
+    store = QdrantStore(EmbeddedQdrant(client), collection_cache_ttl_s=60, clock=clock)
     queries = _unit(np.random.default_rng(7), 1)
     store.search(queries, limit=3)
     # When it is created and filled, Then it is searched once the TTL has passed
@@ -176,7 +177,7 @@ def test_a_collection_created_later_is_found_after_the_cache_ttl() -> None:
 
 
 def test_a_collection_deleted_while_cached_becomes_a_warning(client: CountingClient) -> None:
-    store = QdrantStore(client)
+    store = QdrantStore(EmbeddedQdrant(client))
     queries = _unit(np.random.default_rng(9), 1)
     store.search(queries, limit=3)
     client.delete_collection(POSTS)
@@ -188,7 +189,7 @@ def test_a_collection_deleted_while_cached_becomes_a_warning(client: CountingCli
 def test_a_query_qdrant_refuses_is_an_upstream_error(client: CountingClient) -> None:
     # Given query vectors of the wrong dimension, When searching, Then an upstream error
     with pytest.raises(UpstreamError, match="Qdrant refused the request"):
-        QdrantStore(client).search(np.ones((1, DIM + 1), dtype=np.float32), limit=3)
+        QdrantStore(EmbeddedQdrant(client)).search(np.ones((1, DIM + 1), dtype=np.float32), limit=3)
 
 
 def _closed_port() -> int:

@@ -1,30 +1,29 @@
 """Qdrant behind `ports.VectorStore`: every query vector against every collection, few round trips.
 
-Qdrant batches queries per collection only, so a search costs one `query_batch_points` call per
-collection (all query vectors in it); against a server those calls run concurrently. Which
-collections exist, and whether they hold points, is cached for a short TTL so the warm path pays
-no extra round trip. Failures become the API's error contract (`UpstreamError` / `UpstreamTimeout`).
+Qdrant batches queries per collection only, so a search costs one batch query per collection
+(all query vectors in it); against a server those calls run concurrently. Which collections
+exist, and whether they hold points, is cached for a short TTL so the warm path pays no extra
+round trip. Failures become the API's error contract (`UpstreamError` / `UpstreamTimeout`).
+
+How Qdrant is reached is a `QdrantTransport` with two operations: a server speaks Qdrant's REST
+API over httpx (`rag.adapters.qdrant_rest`, what the Lambda runs), the embedded local mode goes
+through qdrant-client (`rag.adapters.qdrant_local`, local mode and tests only; the Lambda bundle
+does not carry qdrant-client). Both are imported by `from_settings`, for the branch that needs them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-import httpx
 import numpy as np
 import numpy.typing as npt
-from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from rag.domain.errors import UpstreamError, UpstreamTimeout
 from rag.domain.ports import COLLECTIONS, Chunk, SearchResult
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,37 @@ COLLECTION_CACHE_TTL_S = 60.0
 """How long a collection's existence / emptiness is trusted; a fresh ingest shows up after this."""
 DEFAULT_TIMEOUT_S = 3.0
 AUTHOR_FIELD = "author_full_name"
-HTTP_NOT_FOUND = 404
+
+
+class ScoredPoint(NamedTuple):
+    """One hit of a query, as both transports hand it back."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class CollectionMissing(Exception):
+    """The collection does not exist (a server's 404)."""
+
+
+class QdrantTransport(Protocol):
+    """The two Qdrant calls a search needs. Failures raise `CollectionMissing`, or the API's
+    `UpstreamError` / `UpstreamTimeout` with a plain sentence (never a key, never a trace)."""
+
+    concurrent: bool
+    """Whether calls for several collections should run side by side (a server, yes)."""
+
+    def points_count(self, collection: str) -> int | None:
+        """The collection's points (None: unknown, query it anyway)."""
+        ...
+
+    def query_batch(self, collection: str, searches: list[dict[str, Any]]) -> list[ScoredPoint]:
+        """Every search (a `QueryRequest` of Qdrant's REST API, as JSON) against one
+        collection in one call; the hits of all of them, in order."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -43,64 +72,35 @@ class _CollectionState:
     points: int | None  # None: unknown, query it anyway
 
 
-def author_filter(author: str | None) -> models.Filter | None:
-    if author is None:
-        return None
-    return models.Filter(
-        must=[models.FieldCondition(key=AUTHOR_FIELD, match=models.MatchValue(value=author))]
-    )
-
-
-class _CollectionMissing(Exception):
-    pass
-
-
-@contextmanager
-def _qdrant_errors(timeout_s: float | None) -> Iterator[None]:
-    """Translate client exceptions into the API's errors: a clear sentence, no trace, no secret."""
-    try:
-        yield
-    except UnexpectedResponse as exc:
-        if exc.status_code == HTTP_NOT_FOUND:
-            raise _CollectionMissing from exc
-        raise UpstreamError(
-            f"Qdrant answered HTTP {exc.status_code} {exc.reason_phrase}".rstrip()
-        ) from None
-    except ResponseHandlingException as exc:
-        if isinstance(exc.source, httpx.TimeoutException):
-            raise UpstreamTimeout(f"Qdrant did not answer within {timeout_s} s") from None
-        raise UpstreamError(f"Qdrant is unreachable ({type(exc.source).__name__})") from None
-    except httpx.TimeoutException:
-        raise UpstreamTimeout(f"Qdrant did not answer within {timeout_s} s") from None
-    except httpx.HTTPError as exc:
-        raise UpstreamError(f"Qdrant is unreachable ({type(exc).__name__})") from None
-    except ValueError as exc:
-        # Embedded local mode raises ValueError where a server answers 404 / 400.
-        if "not found" in str(exc):
-            raise _CollectionMissing from exc
-        raise UpstreamError(f"Qdrant refused the request: {exc}") from None
+def query_request(
+    vector: npt.NDArray[np.float32], *, limit: int, author: str | None
+) -> dict[str, Any]:
+    """One `QueryRequest` of Qdrant's REST API (OpenAPI schema `QueryRequest`): the nearest
+    points to `vector`, with their payloads, of one author when given."""
+    request: dict[str, Any] = {"query": vector.tolist(), "limit": limit, "with_payload": True}
+    if author is not None:
+        request["filter"] = {"must": [{"key": AUTHOR_FIELD, "match": {"value": author}}]}
+    return request
 
 
 class QdrantStore:
-    """`ports.VectorStore` over an injected QdrantClient: server, cloud or embedded local mode."""
+    """`ports.VectorStore` over a `QdrantTransport`: server, cloud or embedded local mode."""
 
     def __init__(
         self,
-        client: QdrantClient,
+        transport: QdrantTransport,
         *,
-        timeout_s: float | None = None,
-        concurrent: bool = False,
         collection_cache_ttl_s: float = COLLECTION_CACHE_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self._client = client
-        self._timeout_s = timeout_s
+        self._transport = transport
         self._ttl_s = collection_cache_ttl_s
         self._clock = clock
         self._states: dict[str, tuple[float, _CollectionState]] = {}
         self._lock = threading.Lock()
-        # Embedded local mode is in-process Python: threads would only contend for the GIL.
-        self._pool = ThreadPoolExecutor(max_workers=len(COLLECTIONS)) if concurrent else None
+        self._pool = (
+            ThreadPoolExecutor(max_workers=len(COLLECTIONS)) if transport.concurrent else None
+        )
 
     @classmethod
     def from_settings(
@@ -113,20 +113,13 @@ class QdrantStore:
     ) -> QdrantStore:
         """A server when `url` is given, else embedded local mode at `path` (":memory:" allowed)."""
         if url:
-            # The client's HTTP timeout is whole seconds; check_compatibility would cost a round
-            # trip at every cold start.
-            client = QdrantClient(
-                url=url,
-                api_key=api_key,
-                timeout=math.ceil(timeout_s),
-                check_compatibility=False,
-            )
-            return cls(client, timeout_s=timeout_s, concurrent=True)
+            from rag.adapters.qdrant_rest import QdrantRest
+
+            return cls(QdrantRest(url, api_key=api_key, timeout_s=timeout_s))
         if path:
-            local = (
-                QdrantClient(location=":memory:") if path == ":memory:" else QdrantClient(path=path)
-            )
-            return cls(local, timeout_s=timeout_s)
+            from rag.adapters.qdrant_local import EmbeddedQdrant
+
+            return cls(EmbeddedQdrant.open(path))
         raise ValueError("Qdrant needs a URL (QDRANT_URL) or a local path (QDRANT_PATH)")
 
     def search(
@@ -143,16 +136,11 @@ class QdrantStore:
         ]
         if len(vectors) == 0 or not searchable:
             return SearchResult(chunks=[], warnings=warnings)
-        requests = [
-            models.QueryRequest(
-                query=[float(x) for x in vector],
-                filter=author_filter(author),
-                limit=limit,
-                with_payload=True,
-            )
+        searches = [
+            query_request(vector, limit=limit, author=author)
             for vector in np.asarray(vectors, dtype=np.float32)
         ]
-        answers = list(self._map(lambda name: self._query(name, requests), searchable))
+        answers = list(self._map(lambda name: self._query(name, searches), searchable))
         best: dict[str, Chunk] = {}
         for name, points in zip(searchable, answers, strict=True):
             if points is None:
@@ -165,17 +153,13 @@ class QdrantStore:
         chunks = sorted(best.values(), key=lambda c: (-c.score, c.id))
         return SearchResult(chunks=chunks, warnings=warnings)
 
-    def _query(
-        self, name: str, requests: list[models.QueryRequest]
-    ) -> list[models.ScoredPoint] | None:
+    def _query(self, name: str, searches: list[dict[str, Any]]) -> list[ScoredPoint] | None:
         """All query vectors against one collection in one call; None when it has vanished."""
         try:
-            with _qdrant_errors(self._timeout_s):
-                responses = self._client.query_batch_points(collection_name=name, requests=requests)
-        except _CollectionMissing:
+            return self._transport.query_batch(name, searches)
+        except CollectionMissing:
             self._forget(name)
             return None
-        return [point for response in responses for point in response.points]
 
     def _map(self, func: Callable[[str], _T], names: Sequence[str]) -> Iterator[_T]:
         """One call per collection: concurrently against a server, in turn in local mode."""
@@ -203,11 +187,9 @@ class QdrantStore:
 
     def _fetch_state(self, name: str) -> _CollectionState:
         try:
-            with _qdrant_errors(self._timeout_s):
-                info = self._client.get_collection(collection_name=name)
-        except _CollectionMissing:
+            return _CollectionState(exists=True, points=self._transport.points_count(name))
+        except CollectionMissing:
             return _CollectionState(exists=False, points=0)
-        return _CollectionState(exists=True, points=info.points_count)
 
     def _forget(self, name: str) -> None:
         with self._lock:
@@ -216,7 +198,7 @@ class QdrantStore:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
-        self._client.close()
+        self._transport.close()
 
 
 def _usable(name: str, state: _CollectionState, warnings: list[str]) -> bool:
@@ -229,13 +211,13 @@ def _usable(name: str, state: _CollectionState, warnings: list[str]) -> bool:
     return True
 
 
-def _to_chunk(collection: str, point: models.ScoredPoint) -> Chunk:
-    payload: dict[str, Any] = dict(point.payload or {})
+def _to_chunk(collection: str, point: ScoredPoint) -> Chunk:
+    payload = point.payload
     return Chunk(
-        id=str(point.id),
+        id=point.id,
         collection=collection,
         content=str(payload.get("content", "")),
-        score=float(point.score),
+        score=point.score,
         author_full_name=payload.get("author_full_name"),
         platform=payload.get("platform"),
         link=payload.get("link"),
