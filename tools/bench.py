@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,9 +45,8 @@ from tools import lambda_memory
 from trace_contract import SpanName
 
 if TYPE_CHECKING:
-    from rag.adapters.llm.stream import TextStream
+    from devkit.fakes.memory import ScriptedLLM
     from rag.domain.deps import Deps
-    from rag.domain.ports import Generation, GenerationParams
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "build" / "bench"
@@ -397,60 +396,22 @@ def cold_init(models: Models, runs: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- warm
 
 
-class InstantLLM:
-    """`ports.LLM` answering at once, in process: self-query names the author the request
-    names, expansion returns distinct rephrasings, generation a fixed answer."""
+def instant_llm(author: Callable[[], str | None]) -> ScriptedLLM:
+    """`ports.LLM` answering at once, in process (devkit's ScriptedLLM): self-query names the
+    author `author()` gives (the current request's), expansion returns distinct rephrasings of
+    the query, generation a fixed answer."""
+    from devkit.fakes.memory import LLMCall, ScriptedLLM
 
-    description = "instant-llm"
+    def expansion(call: LLMCall) -> str:
+        n = int((call.json_schema or {})["properties"]["queries"].get("minItems", 2))
+        return json.dumps({"queries": alternatives(_query_of(call.text), n)})
 
-    def __init__(self) -> None:
-        self.author: str | None = None
-
-    def complete(
-        self,
-        prompt: str,
-        params: GenerationParams,
-        *,
-        json_schema: Mapping[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> Generation:
-        from rag.domain.ports import Generation
-
-        props = (json_schema or {}).get("properties", {})
-        if "author_full_name" in props:
-            text = json.dumps({"author_full_name": self.author})
-        elif "queries" in props:
-            n = int(props["queries"].get("minItems", 2))
-            text = json.dumps({"queries": alternatives(_query_of(prompt), n)})
-        else:
-            text = "An answer from the instant fake."
-        return Generation(text=text, prompt_tokens=None, completion_tokens=len(text.split()))
-
-    def chat(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        params: GenerationParams,
-        *,
-        json_schema: Mapping[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> Generation:
-        return self.complete(messages[-1]["content"], params, json_schema=json_schema)
-
-    def stream_complete(
-        self, prompt: str, params: GenerationParams, *, stall_timeout_s: float
-    ) -> TextStream:
-        from devkit.fakes.memory import tgi_stream_of
-
-        return tgi_stream_of(self.complete(prompt, params))
-
-    def stream_chat(
-        self,
-        messages: Sequence[Mapping[str, str]],
-        params: GenerationParams,
-        *,
-        stall_timeout_s: float,
-    ) -> TextStream:
-        return self.stream_complete(messages[-1]["content"], params, stall_timeout_s=0)
+    return ScriptedLLM(
+        self_query=lambda call: json.dumps({"author_full_name": author()}),
+        query_expansion=expansion,
+        generate="An answer from the instant fake.",
+        description="instant-llm",
+    )
 
 
 def _query_of(prompt: str) -> str:
@@ -541,8 +502,8 @@ class WarmResult:
 
 
 def warm(deps: Deps, requests: int, warmup: int = WARMUP_REQUESTS) -> WarmResult:
-    llm = InstantLLM()
-    client = handler_for(replace(deps, llm=llm))
+    current: dict[str, str | None] = {"author": None}
+    client = handler_for(replace(deps, llm=instant_llm(lambda: current["author"])))
     queries = load_queries()
     stages: dict[str, list[float]] = {name: [] for name in (*STAGES, "total_without_rerank")}
     cpu_ms: list[float] = []
@@ -550,7 +511,7 @@ def warm(deps: Deps, requests: int, warmup: int = WARMUP_REQUESTS) -> WarmResult
         item = queries[i % len(queries)]
         # Half the requests name their author, half leave it to self-query.
         author = item.get("author") if i % 2 else None
-        llm.author = item.get("author")
+        current["author"] = item.get("author")
         start, cpu_start = time.perf_counter(), time.process_time()
         result = client.post("/rag", json=rag_body(item["query"], author))
         wall_ms = (time.perf_counter() - start) * 1e3
